@@ -1,0 +1,368 @@
+"""Discrete next-token baselines over WordPiece id sequences (DESIGN.md sections 2 and 4).
+
+Two n-gram models give the held-out token perplexity and top-k accuracy that the SDE's
+Gaussian emission is compared with (``evaluate``'s ``unigram`` and ``bigram`` rows):
+
+- :class:`UnigramLM`, add-alpha smoothed over the support ``S``:
+  ``p(v) = (c_v + alpha) / (N + alpha |S|)``;
+- :class:`KneserNeyBigramLM`, interpolated Kneser-Ney with absolute discount ``D`` over the
+  (add-0.1 smoothed) continuation unigram.
+
+The vocabulary is given by a boolean ``support`` mask ``(vocab,)``: the ids a model may emit
+(special tokens excluded). Both models put all their probability on the support and a
+non-zero probability on every support token; ids outside it get log-probability ``-inf``.
+
+Counts are kept sparse (no ``vocab x vocab`` matrix: the vocabulary has 30,522 ids) and
+every fitted model converts to and from a flat ``dict[str, Tensor]`` (:meth:`to_tensors`,
+:meth:`from_tensors`), so it can be stored with safetensors; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Protocol
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+CONTINUATION_SMOOTHING = 0.1  # add-0.1 on the Kneser-Ney continuation counts N1+(. w)
+
+
+# --------------------------------------------------------------------------- helpers
+def _check_support(support: torch.Tensor) -> torch.Tensor:
+    if not isinstance(support, torch.Tensor) or support.ndim != 1 or support.dtype != torch.bool:
+        raise ValueError("support must be a 1-D boolean tensor of shape (vocab,), e.g. Embedder.support_mask")
+    if not bool(support.any()):
+        raise ValueError("support is empty: at least one token id must be allowed")
+    return support.detach().to("cpu").clone()
+
+
+def _flatten(seqs: list[list[int]], support: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """All ids of ``seqs`` concatenated (T,) and each sequence's length (n_seqs,), validated."""
+    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    flat = np.fromiter((v for s in seqs for v in s), dtype=np.int64, count=int(lengths.sum()))
+    ids = torch.from_numpy(flat)
+    vocab = support.numel()
+    if ids.numel():
+        if int(ids.min()) < 0 or int(ids.max()) >= vocab:
+            raise ValueError(f"token ids must lie in [0, {vocab}); got ids from {int(ids.min())} to {int(ids.max())}")
+        off = ~support[ids]
+        if bool(off.any()):
+            bad = sorted(set(ids[off].tolist()))[:5]
+            raise ValueError(f"sequences hold ids outside the support (special tokens?), e.g. {bad}; drop them first")
+    return ids, torch.from_numpy(lengths)
+
+
+def _check_ids(ids: torch.Tensor, vocab: int, name: str) -> torch.Tensor:
+    if not isinstance(ids, torch.Tensor) or ids.ndim != 1 or ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"{name} must be a 1-D integer tensor of token ids")
+    ids = ids.to("cpu", torch.long)
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+        raise ValueError(f"{name} holds ids outside [0, {vocab})")
+    return ids
+
+
+def _scalar(x: float) -> torch.Tensor:
+    return torch.tensor([float(x)], dtype=torch.float64)
+
+
+def _require(d: dict[str, torch.Tensor], keys: tuple[str, ...], what: str) -> None:
+    missing = [k for k in keys if k not in d]
+    if missing:
+        raise ValueError(f"{what} tensors lack {missing}; the file is not a saved {what} (or is corrupt)")
+
+
+def _sample_rows(logp: torch.Tensor, generator: torch.Generator, temperature: float) -> torch.Tensor:
+    """Ids (b,) drawn from ``softmax(logp / temperature)`` row by row; argmax when temperature is 0."""
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    if temperature == 0:
+        return logp.argmax(dim=-1)
+    probs = torch.softmax(logp.to(torch.float64) / temperature, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def transition_pairs(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The adjacent pairs inside each sequence as ``(prev, nxt)``, both LongTensor (n,).
+
+    No pair spans two sequences, so ``n = sum(max(len(s) - 1, 0))``: the transitions every
+    model is scored on (DESIGN.md section 4).
+    """
+    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    flat = torch.from_numpy(np.fromiter((v for s in seqs for v in s), dtype=np.int64, count=int(lengths.sum())))
+    return _pairs(flat, torch.from_numpy(lengths))
+
+
+def _pairs(flat: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adjacent (prev, nxt) pairs of concatenated sequences ``flat`` (T,) with ``lengths`` (n_seqs,)."""
+    last = torch.cumsum(lengths[lengths > 0], 0) - 1  # index of each non-empty sequence's final token
+    keep = torch.ones(flat.numel(), dtype=torch.bool)
+    keep[last] = False  # the final token has no successor in its sequence
+    pos = keep.nonzero().squeeze(1)
+    return flat[pos], flat[pos + 1]
+
+
+# --------------------------------------------------------------------------- unigram
+class UnigramLM:
+    """Add-alpha smoothed unigram over the support.
+
+    ``p(v) = (c_v + alpha) / (N + alpha |S|)`` for ``v`` in ``S`` (0 outside), where ``c_v`` is
+    the count of ``v`` in the training sequences and ``N = sum_v c_v``.
+
+    Fitted attributes: ``support_`` (vocab,) bool, ``counts_`` (vocab,) int64, ``alpha_``,
+    ``log_probs_`` (vocab,) float64 with ``-inf`` outside the support.
+    """
+
+    def fit(self, seqs: list[list[int]], support: torch.Tensor, alpha: float = 0.1) -> UnigramLM:
+        """Count every token of ``seqs`` (lists of support ids); ``alpha > 0``."""
+        if not math.isfinite(alpha) or alpha <= 0:
+            raise ValueError(f"alpha must be a finite number > 0 so no support token has zero probability, got {alpha}")
+        support = _check_support(support)
+        ids, _ = _flatten(seqs, support)
+        counts = torch.bincount(ids, minlength=support.numel())
+        return self._set(support, counts, float(alpha))
+
+    def _set(self, support: torch.Tensor, counts: torch.Tensor, alpha: float) -> UnigramLM:
+        self.support_, self.counts_, self.alpha_ = support, counts.to(torch.int64), alpha
+        n, size = float(counts.sum()), int(support.sum())
+        p = (counts.to(torch.float64) + alpha) / (n + alpha * size)  # (c_v + alpha) / (N + alpha |S|)
+        self.log_probs_ = torch.where(support, torch.log(p), torch.tensor(-math.inf, dtype=torch.float64))
+        return self
+
+    @property
+    def vocab_size(self) -> int:
+        return self.support_.numel()
+
+    def log_prob(self, prev: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
+        """log p(nxt) (n,) float64; ``prev`` (n,) is checked but otherwise ignored."""
+        prev = _check_ids(prev, self.vocab_size, "prev")
+        nxt = _check_ids(nxt, self.vocab_size, "nxt")
+        if prev.shape != nxt.shape:
+            raise ValueError(f"prev and nxt must have the same length, got {prev.numel()} and {nxt.numel()}")
+        return self.log_probs_[nxt]
+
+    def log_prob_rows(self, prev: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The next-token log-distribution for each of ``prev`` (b,): (b, vocab), the same row b times."""
+        prev = _check_ids(prev, self.vocab_size, "prev")
+        return self.log_probs_.to(dtype).expand(prev.numel(), -1).clone()
+
+    def sample(self, prev: torch.Tensor, generator: torch.Generator, temperature: float = 1.0) -> torch.Tensor:
+        """Next ids (b,) drawn from ``softmax(log p / temperature)``; ``temperature == 0`` is argmax."""
+        return _sample_rows(self.log_prob_rows(prev, torch.float64), generator, temperature)
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """``{"support": (vocab,) bool, "counts": (vocab,) int64, "alpha": (1,) float64}``."""
+        return {"support": self.support_.clone(), "counts": self.counts_.clone(), "alpha": _scalar(self.alpha_)}
+
+    @classmethod
+    def from_tensors(cls, d: dict[str, torch.Tensor]) -> UnigramLM:
+        """The model saved by :meth:`to_tensors` (validated)."""
+        _require(d, ("support", "counts", "alpha"), "UnigramLM")
+        support = _check_support(d["support"])
+        counts = d["counts"]
+        if counts.shape != support.shape or counts.dtype != torch.int64 or bool((counts < 0).any()):
+            raise ValueError("UnigramLM counts must be non-negative int64 of the support's shape (vocab,)")
+        alpha = float(d["alpha"].reshape(-1)[0])
+        if not alpha > 0:
+            raise ValueError(f"UnigramLM alpha must be > 0, got {alpha}")
+        return cls()._set(support, counts.to("cpu"), alpha)
+
+
+# --------------------------------------------------------------------------- Kneser-Ney bigram
+class KneserNeyBigramLM:
+    """Interpolated Kneser-Ney bigram, absolute discount ``D`` (Kneser & Ney 1995; form of Chen & Goodman 1999).
+
+    For a context ``u`` seen as a left token ``c(u) > 0`` times::
+
+        p(w|u) = max(c(u,w) - D, 0) / c(u) + D * N1+(u .) / c(u) * p_cont(w)
+
+    and for an unseen context ``p(w|u) = p_cont(w)``. ``N1+(u .)`` is the number of distinct
+    successors of ``u``. The continuation unigram ``p_cont(w) = N1+(. w) / N1+(. .)`` (distinct
+    predecessors of ``w`` over distinct bigram types) is smoothed with add-0.1 on its counts so
+    no support token has zero probability::
+
+        p_cont(w) = (N1+(. w) + 0.1) / (N1+(. .) + 0.1 |S|)     for w in S, 0 outside.
+
+    With ``0 < D <= 1`` every row sums to 1 over the support (the discounted mass
+    ``D N1+(u .) / c(u)`` is exactly what the interpolation weight hands to ``p_cont``).
+    Bigrams are the adjacent pairs inside each sequence, never across two sequences.
+
+    Fitted attributes (sparse; no ``vocab x vocab`` matrix): ``support_`` (vocab,) bool,
+    ``discount_``, ``pair_keys_`` (P,) int64 sorted keys ``u * vocab + w`` of the seen bigram
+    types, ``pair_counts_`` (P,) int64 their counts ``c(u,w)``, ``indptr_`` (vocab + 1,) so that
+    context ``u``'s pairs are ``pair_keys_[indptr_[u]:indptr_[u + 1]]``, ``context_counts_``
+    (vocab,) ``c(u)``, ``n_follow_`` (vocab,) ``N1+(u .)``, ``log_p_cont_`` (vocab,) float64.
+    """
+
+    def fit(self, seqs: list[list[int]], support: torch.Tensor, discount: float = 0.75) -> KneserNeyBigramLM:
+        """Count the adjacent pairs inside each of ``seqs`` (lists of support ids); ``0 < discount <= 1``."""
+        if not math.isfinite(discount) or not 0 < discount <= 1:
+            raise ValueError(f"discount must lie in (0, 1] so each row sums to 1 with no zero, got {discount}")
+        support = _check_support(support)
+        prev, nxt = _pairs(*_flatten(seqs, support))
+        keys, counts = torch.unique(prev * support.numel() + nxt, sorted=True, return_counts=True)
+        return self._set(support, keys, counts.to(torch.int64), float(discount))
+
+    def _set(
+        self, support: torch.Tensor, keys: torch.Tensor, counts: torch.Tensor, discount: float
+    ) -> KneserNeyBigramLM:
+        vocab = support.numel()
+        self.support_, self.pair_keys_, self.pair_counts_, self.discount_ = support, keys, counts, discount
+        left, right = keys // vocab, keys % vocab
+        self.indptr_ = torch.searchsorted(keys, torch.arange(vocab + 1, dtype=torch.int64) * vocab)
+        self.context_counts_ = torch.zeros(vocab, dtype=torch.int64).index_add_(0, left, counts)  # c(u)
+        self.n_follow_ = torch.bincount(left, minlength=vocab)  # N1+(u .)
+        n_precede = torch.bincount(right, minlength=vocab).to(torch.float64)  # N1+(. w)
+        size = int(support.sum())
+        s = CONTINUATION_SMOOTHING
+        p_cont = (n_precede + s) / (keys.numel() + s * size)  # (N1+(. w) + 0.1) / (N1+(. .) + 0.1 |S|)
+        self.log_p_cont_ = torch.where(support, torch.log(p_cont), torch.tensor(-math.inf, dtype=torch.float64))
+        self._p_cont = torch.where(support, p_cont, torch.zeros_like(p_cont))
+        return self
+
+    @property
+    def vocab_size(self) -> int:
+        return self.support_.numel()
+
+    def _backoff_weight(self, prev: torch.Tensor) -> torch.Tensor:
+        """Weight of ``p_cont`` per context (b,): ``D N1+(u .) / c(u)``, or 1 for an unseen context."""
+        c = self.context_counts_[prev].to(torch.float64)
+        lam = self.discount_ * self.n_follow_[prev].to(torch.float64) / c.clamp_min(1)
+        return torch.where(c > 0, lam, torch.ones_like(lam))
+
+    def log_prob(self, prev: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
+        """log p(nxt | prev) (n,) float64, for prev and nxt LongTensor (n,)."""
+        prev = _check_ids(prev, self.vocab_size, "prev")
+        nxt = _check_ids(nxt, self.vocab_size, "nxt")
+        if prev.shape != nxt.shape:
+            raise ValueError(f"prev and nxt must have the same length, got {prev.numel()} and {nxt.numel()}")
+        c_uw = torch.zeros(prev.numel(), dtype=torch.float64)  # c(u, w), 0 for an unseen pair
+        if self.pair_keys_.numel():
+            keys = prev * self.vocab_size + nxt
+            pos = torch.searchsorted(self.pair_keys_, keys).clamp_max(self.pair_keys_.numel() - 1)
+            found = self.pair_keys_[pos] == keys
+            c_uw[found] = self.pair_counts_[pos[found]].to(torch.float64)
+        c_u = self.context_counts_[prev].to(torch.float64).clamp_min(1)  # unseen contexts have c(u,w) = 0 too
+        p = (c_uw - self.discount_).clamp_min(0) / c_u + self._backoff_weight(prev) * self._p_cont[nxt]
+        return torch.log(p)
+
+    def log_prob_rows(self, prev: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Next-token log-distributions (b, vocab) for contexts ``prev`` (b,); ``-inf`` outside the support.
+
+        Each distinct context ``u`` gets the row ``log lambda(u) + log p_cont`` (its unseen successors),
+        then its seen successors ``w`` are overwritten with ``log(max(c(u,w) - D, 0) / c(u) + lambda(u) p_cont(w))``
+        from the sparse pair list; cost ``O(b * vocab + pairs of the distinct contexts)``.
+        """
+        prev = _check_ids(prev, self.vocab_size, "prev")
+        ctx, inverse = torch.unique(prev, return_inverse=True)  # frequent contexts repeat within a batch
+        lam = self._backoff_weight(ctx)  # (u,) float64, > 0
+        rows = torch.log(lam).to(dtype).unsqueeze(1) + self.log_p_cont_.to(dtype).unsqueeze(0)  # (u, vocab)
+        start = self.indptr_[ctx]
+        lengths = self.indptr_[ctx + 1] - start
+        total = int(lengths.sum())
+        if total:
+            row = torch.repeat_interleave(torch.arange(ctx.numel()), lengths)
+            # position of each gathered pair inside the sorted pair list: its context's start + rank within it
+            pair = torch.arange(total) + torch.repeat_interleave(start - (torch.cumsum(lengths, 0) - lengths), lengths)
+            col = self.pair_keys_[pair] % self.vocab_size
+            c_u = self.context_counts_[ctx][row].to(torch.float64)
+            p = (self.pair_counts_[pair].to(torch.float64) - self.discount_).clamp_min(0) / c_u
+            rows[row, col] = torch.log(p + lam[row] * self._p_cont[col]).to(dtype)
+        return rows[inverse]
+
+    def sample(self, prev: torch.Tensor, generator: torch.Generator, temperature: float = 1.0) -> torch.Tensor:
+        """Next ids (b,) drawn from ``softmax(log p(.|prev) / temperature)``; ``temperature == 0`` is argmax."""
+        return _sample_rows(self.log_prob_rows(prev, torch.float64), generator, temperature)
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """``{"support": (vocab,) bool, "pair_keys": (P,) int64 sorted u*vocab+w, "pair_counts": (P,) int64,
+        "discount": (1,) float64}``; the rest is derived on load."""
+        return {
+            "support": self.support_.clone(),
+            "pair_keys": self.pair_keys_.clone(),
+            "pair_counts": self.pair_counts_.clone(),
+            "discount": _scalar(self.discount_),
+        }
+
+    @classmethod
+    def from_tensors(cls, d: dict[str, torch.Tensor]) -> KneserNeyBigramLM:
+        """The model saved by :meth:`to_tensors` (validated)."""
+        _require(d, ("support", "pair_keys", "pair_counts", "discount"), "KneserNeyBigramLM")
+        support = _check_support(d["support"])
+        keys, counts = d["pair_keys"].to("cpu"), d["pair_counts"].to("cpu")
+        vocab = support.numel()
+        if keys.ndim != 1 or keys.shape != counts.shape or keys.dtype != torch.int64 or counts.dtype != torch.int64:
+            raise ValueError("KneserNeyBigramLM pair_keys and pair_counts must be int64 tensors of one shape (P,)")
+        if keys.numel():
+            if int(keys.min()) < 0 or int(keys.max()) >= vocab * vocab or bool((keys[1:] <= keys[:-1]).any()):
+                raise ValueError("KneserNeyBigramLM pair_keys must be strictly increasing ids u * vocab + w")
+            if bool((counts < 1).any()) or not bool(support[keys // vocab].all() and support[keys % vocab].all()):
+                raise ValueError("KneserNeyBigramLM pairs must have positive counts and ids inside the support")
+        discount = float(d["discount"].reshape(-1)[0])
+        if not 0 < discount <= 1:
+            raise ValueError(f"KneserNeyBigramLM discount must lie in (0, 1], got {discount}")
+        return cls()._set(support, keys.contiguous(), counts.contiguous(), discount)
+
+
+# --------------------------------------------------------------------------- metrics
+class NextTokenModel(Protocol):
+    """Anything that gives next-token log-distributions (b, vocab) for contexts (b,)."""
+
+    def log_prob_rows(self, prev: torch.Tensor) -> torch.Tensor: ...
+
+
+def _metric_sums(rows: torch.Tensor, targets: torch.Tensor) -> tuple[float, int, int]:
+    """Summed NLL of the targets, and how many lie in the top 1 and top 10 (see :func:`token_metrics`)."""
+    if rows.ndim != 2 or targets.ndim != 1 or rows.shape[0] != targets.shape[0]:
+        raise ValueError(f"rows must be (n, vocab), targets (n,); got {tuple(rows.shape)} and {tuple(targets.shape)}")
+    targets = targets.to(rows.device, torch.long)
+    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= rows.shape[1]):
+        raise ValueError(f"targets hold ids outside [0, {rows.shape[1]})")
+    lp = rows.gather(1, targets.unsqueeze(1))  # (n, 1)
+    k = min(10, rows.shape[1])
+    kth = rows.topk(k, dim=1).values  # (n, k), descending
+    top1 = int((lp[:, 0] >= kth[:, 0]).sum())
+    top10 = int((lp[:, 0] >= kth[:, k - 1]).sum())
+    return float(-lp.to(torch.float64).sum()), top1, top10
+
+
+def _finish(nll: float, top1: int, top10: int, n: int) -> dict[str, float]:
+    if n == 0:
+        raise ValueError("no transitions to score")
+    mean = nll / n
+    if not math.isfinite(mean):
+        log.warning("a target has zero probability: token perplexity is infinite")
+    return {"token_ppl": math.exp(mean) if mean < 700 else math.inf, "top1": top1 / n, "top10": top10 / n,
+            "nll": mean, "n": n}
+
+
+def token_metrics(rows: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """Token metrics of next-token log-distributions ``rows`` (n, vocab) for ``targets`` (n,).
+
+    - ``token_ppl = exp(-(1/n) sum_i rows[i, targets[i]])``, the exponentiated mean NLL (nats);
+    - ``top1`` / ``top10``: share of targets whose probability is at least the 1st / 10th highest
+      of their row, i.e. fewer than k tokens are strictly more likely (ties count as hits);
+    - ``nll``: the mean NLL itself, ``n``: the number of targets.
+    """
+    return _finish(*_metric_sums(rows, targets), targets.numel())
+
+
+def score_transitions(
+    model: NextTokenModel, prev: torch.Tensor, nxt: torch.Tensor, batch: int = 1024
+) -> dict[str, float]:
+    """:func:`token_metrics` of ``model`` on transitions ``prev -> nxt`` (both LongTensor (n,)).
+
+    Rows are built ``batch`` at a time, so memory stays at ``batch x vocab`` floats whatever n.
+    """
+    if prev.ndim != 1 or prev.shape != nxt.shape:
+        raise ValueError(f"prev and nxt must be 1-D of one length, got {tuple(prev.shape)} and {tuple(nxt.shape)}")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    nll, top1, top10 = 0.0, 0, 0
+    for i in range(0, prev.numel(), batch):
+        s = _metric_sums(model.log_prob_rows(prev[i : i + batch]), nxt[i : i + batch])
+        nll, top1, top10 = nll + s[0], top1 + s[1], top10 + s[2]
+    return _finish(nll, top1, top10, prev.numel())

@@ -1,0 +1,125 @@
+"""Configuration dataclasses and the valid ranges shared by the CLI and the dashboard."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+from .embedding import DEFAULT_EMBEDDER
+
+FORMAT_VERSION = 1
+DATA_CREDIT = "NVIDIA HelpSteer (CC-BY-4.0)"
+
+# Valid ranges of user-facing numbers (DESIGN.md section 4).
+MAX_PROMPT_TOKENS = 512
+LIMITS = {
+    "paths": (1, 4096),
+    "tokens": (1, 512),
+    "diffusion_scale": (0.0, 10.0),
+    "substeps": (1, 64),
+}
+SOLVERS = ("em", "euler", "milstein", "srk")
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the text SDE.
+
+    The state is ``y = [x, h_1, ..., h_K]``: the standardised token embedding ``x`` and
+    K exponential moving averages of it, ``dh_j = (x - h_j) / tau_j dt``, one per memory
+    time scale (in units of ``dt``, the time of one token).
+    """
+
+    embedder: str = DEFAULT_EMBEDDER
+    dim: int = 384
+    dt: float = 1.0
+    memory_timescales: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
+    drift_hidden: int = 256
+    diffusion_hidden: int = 128
+    dropout: float = 0.1
+    sigma_min: float = 1e-3
+    tau_init: float = 4.0  # initial emission spread: wide, since 384-D Gaussians are sharply peaked
+    prior_smoothing: float = 0.1  # add-alpha smoothing of the emission's unigram prior
+    divergence_radius: float = 8.0  # a path whose |x| exceeds this times the vocabulary cloud's radius is stopped
+
+    @property
+    def memory_dim(self) -> int:
+        return self.dim * len(self.memory_timescales)
+
+    @property
+    def state_dim(self) -> int:
+        return self.dim + self.memory_dim
+
+    def validate(self) -> ModelConfig:
+        if self.dt <= 0 or not math.isfinite(self.dt):
+            raise ValueError(f"dt must be a positive number, got {self.dt}")
+        if any(tau < self.dt for tau in self.memory_timescales):
+            # Euler steps of the memory ODE are stable (and exact at tau = dt) only for dt/tau <= 1.
+            raise ValueError(f"memory time scales must be at least dt={self.dt}, got {self.memory_timescales}")
+        return self
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}; the checkpoint is from a newer version")
+        d = dict(d)
+        if "memory_timescales" in d:
+            d["memory_timescales"] = tuple(float(v) for v in d["memory_timescales"])
+        return cls(**d).validate()
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["memory_timescales"] = list(self.memory_timescales)
+        return d
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings. Loss weights follow DESIGN.md section 2: the total is
+    ``drift + diffusion + ce_weight * cross-entropy``."""
+
+    epochs: int = 12
+    batch_size: int = 512
+    lr: float = 2e-3
+    emission_lr: float = 2e-2  # the emission's few parameters (tau, prior weight) move fast, undecayed
+    weight_decay: float = 1e-2
+    drift_weight: float = 1.0
+    diffusion_weight: float = 1.0
+    ce_weight: float = 1.0
+    ce_fraction: float = 0.5  # share of each batch's positions that enter the (costly) cross-entropy
+    val_fraction: float = 0.2
+    include_prompts: bool = True
+    max_rows: int | None = None
+    seed: int = 0
+    grad_clip: float = 5.0
+    map: str = "none"
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> TrainConfig:
+        if self.epochs < 1:
+            raise ValueError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.seed < 0:
+            raise ValueError(f"--seed must be a non-negative integer, got {self.seed}")
+        if self.max_rows is not None and self.max_rows < 1:
+            raise ValueError(f"--max-rows must be at least 1, got {self.max_rows}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
+        if not 0 < self.ce_fraction <= 1:
+            raise ValueError(f"ce_fraction must lie in (0, 1], got {self.ce_fraction}")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_range(name: str, value, flag: str | None = None):
+    """Raise ``ValueError`` unless ``value`` lies in ``LIMITS[name]``."""
+    lo, hi = LIMITS[name]
+    flag = flag or "--" + name.replace("_", "-")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{flag} must be a finite number between {lo} and {hi}, got {value}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{flag} must be between {lo} and {hi}, got {value}")
+    return value

@@ -1,0 +1,122 @@
+"""Corpus loading and the train/validation split by prompt.
+
+A corpus has HelpSteer's columns: ``prompt`` and ``response`` are required; the scores
+(``helpfulness``, ``correctness``, ``coherence``, ``complexity``, ``verbosity``) are kept
+when present. Sources: a Hugging Face dataset name (``nvidia/HelpSteer``, loaded with the
+``datasets`` library) or a local ``.jsonl``, ``.json``, ``.csv`` or ``.parquet`` file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("prompt", "response")
+SCORE_COLUMNS = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
+LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
+def load_corpus(src: str | Path, max_rows: int | None = None) -> pd.DataFrame:
+    """Rows of a corpus as a DataFrame with at least ``prompt`` and ``response``.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for an unreadable
+    one or missing columns.
+    """
+    src_str = str(src)
+    path = Path(src_str).expanduser()
+    if path.suffix.lower() in LOCAL_SUFFIXES or path.exists():
+        df = _read_local(path)
+    elif src_str.count("/") == 1 and not src_str.startswith((".", "/", "~")):
+        df = _read_hub(src_str)
+    else:
+        raise FileNotFoundError(f"corpus {src_str!r} not found: give a local {'/'.join(LOCAL_SUFFIXES)} file "
+                                "or a Hugging Face dataset name such as nvidia/HelpSteer")
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        found = ", ".join(map(str, df.columns))
+        raise ValueError(f"corpus {src_str!r} lacks column(s) {', '.join(missing)}; it needs "
+                         f"{', '.join(REQUIRED_COLUMNS)} (HelpSteer's columns); found: {found}")
+    df = df.dropna(subset=list(REQUIRED_COLUMNS))
+    df = df[df["response"].astype(str).str.strip() != ""]
+    df["prompt"] = df["prompt"].astype(str)
+    df["response"] = df["response"].astype(str)
+    if max_rows is not None:
+        df = df.iloc[:max_rows]
+    if df.empty:
+        raise ValueError(f"corpus {src_str!r} has no rows with a non-empty response")
+    return df.reset_index(drop=True)
+
+
+def _read_local(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus file {path} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".jsonl":
+            return pd.read_json(path, lines=True)
+        if suffix == ".json":
+            try:
+                return pd.read_json(path)
+            except ValueError:
+                return pd.read_json(path, lines=True)
+        if suffix == ".csv":
+            return pd.read_csv(path)
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+    except Exception as exc:  # pandas raises many types for malformed files
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ValueError(f"cannot read corpus {path}: {type(exc).__name__}: {first}") from exc
+    raise ValueError(f"corpus {path} has unsupported type {suffix!r}; use {', '.join(LOCAL_SUFFIXES)}")
+
+
+def _read_hub(name: str) -> pd.DataFrame:
+    try:
+        import datasets
+    except ImportError as exc:  # pragma: no cover
+        raise ValueError("loading a Hugging Face dataset needs the `datasets` package") from exc
+    try:
+        ds = datasets.load_dataset(name, split="train")
+    except Exception as exc:  # offline, unknown name, ...
+        raise FileNotFoundError(f"cannot load Hugging Face dataset {name!r} ({type(exc).__name__}); "
+                                "check the name and the network, or pass a local file") from exc
+    return ds.to_pandas()
+
+
+def _prompt_hash(prompt: str) -> float:
+    """A number in [0, 1) fixed by the prompt's text alone, so that a prompt lands in the
+    same split whatever other rows the corpus holds."""
+    return int(hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:13], 16) / 16**13
+
+
+@dataclass
+class Split:
+    train: pd.DataFrame
+    validation: pd.DataFrame
+
+
+def split_by_prompt(df: pd.DataFrame, val_fraction: float = 0.2) -> Split:
+    """Deterministic train/validation split by prompt: all responses to a prompt land on
+    the same side. A corpus with at least two prompts gets at least one on each side."""
+    prompts = sorted(set(df["prompt"]), key=_prompt_hash)
+    val = {p for p in prompts if _prompt_hash(p) < val_fraction}
+    if len(prompts) >= 2:
+        if not val:
+            val = {prompts[0]}
+        if len(val) == len(prompts):
+            val.discard(prompts[-1])
+    is_val = df["prompt"].isin(val)
+    return Split(train=df[~is_val].reset_index(drop=True), validation=df[is_val].reset_index(drop=True))
+
+
+def corpus_texts(df: pd.DataFrame, include_prompts: bool = False) -> list[str]:
+    """The texts to model: every response, and optionally each distinct prompt once."""
+    texts = list(df["response"])
+    if include_prompts:
+        texts += list(dict.fromkeys(df["prompt"]))
+    return [t for t in texts if t.strip()]

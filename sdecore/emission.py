@@ -1,0 +1,83 @@
+"""The Gaussian emission that reads tokens off the latent SDE state (DESIGN.md section 2).
+
+    p(v | x) ∝ pi_v^w  N(x ; E_v, diag(tau^2))
+
+with ``pi`` a smoothed unigram prior, ``w`` a learned weight and ``tau`` a learned
+per-dimension spread. Integrating over one Euler-Maruyama step from ``x_k`` gives the
+next-token distribution in closed form:
+
+    p(v | prefix) ∝ pi_v^w  N(E_v ; x_k + mu dt, diag(sigma^2 dt + tau^2))
+
+Only ids in the embedder's support (no special or unused tokens) can be emitted.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class GaussianEmission(nn.Module):
+    """Emission over a standardised embedding table ``(vocab, dim)``."""
+
+    def __init__(self, table: torch.Tensor, support_mask: torch.Tensor, log_prior: torch.Tensor | None = None,
+                 tau_init: float = 1.0):
+        super().__init__()
+        vocab, dim = table.shape
+        self.register_buffer("table", table, persistent=False)
+        self.register_buffer("table_sq", table * table, persistent=False)
+        self.register_buffer("support_mask", support_mask.clone(), persistent=False)
+        if log_prior is None:
+            log_prior = torch.zeros(vocab)
+        self.register_buffer("log_prior", log_prior.to(torch.float32).clone())
+        self.log_tau = nn.Parameter(torch.full((dim,), math.log(tau_init)))
+        self.prior_weight = nn.Parameter(torch.tensor(1.0))
+
+    @property
+    def tau2(self) -> torch.Tensor:
+        return torch.exp(2 * self.log_tau)
+
+    def logits(self, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+        """Unnormalised log p(v) for a Gaussian ``N(E_v; mean, diag(var))`` times the prior.
+
+        mean: (batch, dim); var: (batch, dim) or (dim,). Returns (batch, vocab).
+        The quadratic is expanded, ``|E_v - m|^2_var = E_v^2 . 1/var - 2 E_v . m/var + const``,
+        so the cost is two matrix products instead of a (batch, vocab, dim) tensor; the
+        constant (and the Gaussian's normaliser, equal for every v) cancels in the softmax.
+        """
+        inv = 1.0 / var
+        if inv.ndim == 1:
+            quad = (self.table_sq @ inv).unsqueeze(0)  # (1, vocab)
+        else:
+            quad = inv @ self.table_sq.T  # (batch, vocab)
+        cross = (mean * inv) @ self.table.T
+        out = self.prior_weight * self.log_prior - 0.5 * quad + cross
+        return out.masked_fill(~self.support_mask, float("-inf"))
+
+    def next_token_logits(self, mean: torch.Tensor, sigma2dt: torch.Tensor) -> torch.Tensor:
+        """Closed-form next-token logits after one SDE step: var = sigma^2 dt + tau^2."""
+        return self.logits(mean, sigma2dt + self.tau2)
+
+    def state_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the token emitted at state ``x`` (batch, dim): var = tau^2."""
+        return self.logits(x, self.tau2)
+
+    @torch.no_grad()
+    def decode(
+        self, x: torch.Tensor, temperature: float = 0.0, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids emitted at states ``x`` (batch, dim) and their probabilities.
+
+        ``temperature == 0`` takes the most likely token (deterministic given a path);
+        otherwise a token is sampled from ``softmax(logits / temperature)``.
+        Returns ids (batch,) and p(id | x) under the untempered emission (batch,).
+        """
+        logp = torch.log_softmax(self.state_logits(x), dim=-1)
+        if temperature <= 0:
+            ids = logp.argmax(dim=-1)
+        else:
+            probs = torch.softmax(logp / temperature, dim=-1)
+            ids = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        return ids, logp.gather(-1, ids[:, None]).squeeze(-1).exp()

@@ -1,0 +1,192 @@
+"""Sample paths of the text SDE from a prompt, and their decoded text.
+
+Each new token is one SDE step of length dt, integrated with ``substeps`` solver steps:
+``em`` (the engine's own Euler-Maruyama loop) or ``euler``, ``milstein``, ``srk`` through
+``torchsde.sdeint``. All solvers read one seeded ``torchsde.BrownianInterval`` per run,
+queried on the same grid, so a seed fixes the Brownian path for every diffusion scale and
+every solver: moving the scale bends one path instead of drawing another.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+import torchsde
+
+from .config import MAX_PROMPT_TOKENS, SOLVERS, check_range
+from .embedding import Embedder
+from .model import TextSDE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Paths:
+    """Sample paths from one prompt.
+
+    token_ids: (paths, steps) generated ids, -1 after a path diverged;
+    probs: (paths, steps) emission probability of each decoded token;
+    states: (paths, steps + 1, dim) continuous x at the prompt's last token and after
+    each token step (before snapping), NaN after divergence; None unless recorded;
+    times: (steps + 1,); diverged: (paths,) bool; diverged_at: (paths,) step index or -1.
+    """
+
+    prompt_ids: list[int]
+    token_ids: torch.Tensor
+    probs: torch.Tensor
+    times: torch.Tensor
+    diverged: torch.Tensor
+    diverged_at: torch.Tensor
+    states: torch.Tensor | None = None
+
+    def continuation(self, i: int) -> list[int]:
+        ids = self.token_ids[i]
+        return [int(v) for v in ids[ids >= 0]]
+
+
+def check_prompt(embedder: Embedder, prompt: str) -> list[int]:
+    """Token ids of a prompt, cut to its last MAX_PROMPT_TOKENS tokens (with a warning)."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("the prompt is empty; give some text, e.g. --prompt \"How can I improve my sleep?\"")
+    ids = embedder.encode(prompt)
+    if not ids:
+        raise ValueError("the prompt has no known tokens; give some words the tokenizer knows")
+    if len(ids) > MAX_PROMPT_TOKENS:
+        log.warning("the prompt has %d tokens; only its last %d are read", len(ids), MAX_PROMPT_TOKENS)
+        ids = ids[-MAX_PROMPT_TOKENS:]
+    return ids
+
+
+def brownian_path(t0: float, t1: float, paths: int, state_dim: int, step: float, seed: int,
+                  device: torch.device, dtype=torch.float32) -> torchsde.BrownianInterval:
+    """The run's one Brownian path. ``dt`` is set (torchsde is tens of times slower
+    without it) and the space-time Levy area is always drawn, so the increments W are
+    the same for ``srk`` (which needs the area) and for every other solver."""
+    return torchsde.BrownianInterval(t0=t0, t1=t1, size=(paths, state_dim), dtype=dtype, device=device,
+                                     entropy=seed, dt=step, levy_area_approximation="space-time")
+
+
+def solver_grid(t0: torch.Tensor, t1: torch.Tensor, step: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The (start, end) of each fixed step torchsde takes from t0 to t1 (its own rule:
+    ``next = min(t + step, t1)``), so ``em`` queries the Brownian path exactly as
+    ``sdeint`` does."""
+    grid, t = [], t0
+    while t < t1:
+        nxt = torch.minimum(t + step, t1)
+        grid.append((t, nxt))
+        t = nxt
+    return grid
+
+
+def em_step(sde: TextSDE, y: torch.Tensor, grid, bm) -> torch.Tensor:
+    """Euler-Maruyama over ``grid``: y <- y + f dt + g dW, one drift and one diffusion
+    evaluation per step; the increments are read from ``bm`` in one batch up front."""
+    dws = [bm(a, b) for a, b in grid]
+    for (a, b), dw in zip(grid, dws):
+        y = y + sde.f(a, y) * (b - a) + sde.g(a, y) * dw
+    return y
+
+
+@torch.no_grad()
+def simulate_paths(
+    model: TextSDE,
+    embedder: Embedder,
+    prompt: str,
+    paths: int = 8,
+    tokens: int = 32,
+    diffusion_scale: float = 1.0,
+    solver: str = "em",
+    substeps: int = 1,
+    seed: int = 0,
+    snap: bool = True,
+    temperature: float = 0.0,
+    record_states: bool = False,
+) -> Paths:
+    """Generate ``paths`` continuations of ``prompt``, ``tokens`` tokens each.
+
+    The prompt is read through the memory (teacher forcing) to give the start state;
+    each token is one SDE step of length dt; after it the token the emission decodes at
+    the new x is recorded and, with ``snap``, x is set to that token's embedding. A path
+    whose x becomes non-finite or leaves the ball of ``divergence_radius`` times the
+    vocabulary cloud's radius is stopped and flagged; the others go on.
+    """
+    check_range("paths", paths)
+    check_range("tokens", tokens)
+    check_range("diffusion_scale", float(diffusion_scale))
+    check_range("substeps", substeps)
+    if solver not in SOLVERS:
+        raise ValueError(f"--solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"--seed must be a non-negative integer, got {seed!r}")
+    prompt_ids = check_prompt(embedder, prompt)
+
+    model.eval()
+    dev = model.emb_mean.device
+    cfg = model.config
+    d = cfg.dim
+    y = model.prompt_state(prompt_ids).expand(paths, -1).clone()
+    t_start = (len(prompt_ids) - 1) * cfg.dt
+    times = torch.tensor([t_start + k * cfg.dt for k in range(tokens + 1)], dtype=torch.float32, device=dev)
+    step = cfg.dt / substeps
+    bm = brownian_path(float(times[0]), float(times[-1]), paths, cfg.state_dim, step, seed, dev)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    bound = cfg.divergence_radius * float(model.cloud_radius)
+
+    ids_out = torch.full((paths, tokens), -1, dtype=torch.long, device=dev)
+    probs_out = torch.zeros(paths, tokens, device=dev)
+    states = torch.full((paths, tokens + 1, d), math.nan, device=dev) if record_states else None
+    if states is not None:
+        states[:, 0] = y[:, :d]
+    alive = torch.ones(paths, dtype=torch.bool, device=dev)
+    diverged_at = torch.full((paths,), -1, dtype=torch.long, device=dev)
+
+    old_scale = model.diffusion_scale
+    model.diffusion_scale = float(diffusion_scale)
+    try:
+        for k in range(tokens):
+            t0, t1 = times[k], times[k + 1]
+            if solver == "em":
+                y_new = em_step(model, y, solver_grid(t0, t1, step), bm)
+            else:
+                y_new = _sdeint_step(model, y, t0, t1, bm, solver, step)
+            x = y_new[:, :d]
+            ok = torch.isfinite(y_new).all(-1) & (x.norm(dim=-1) <= bound)
+            newly = alive & ~ok
+            diverged_at[newly] = k
+            alive &= ok
+            if not alive.any():
+                break
+            y = torch.where(alive[:, None], y_new, y)  # stopped paths keep their last sane state
+            v, p = model.emission.decode(x[alive], temperature, gen)
+            ids_out[alive, k], probs_out[alive, k] = v, p
+            if states is not None:
+                states[alive, k + 1] = x[alive]
+            if snap:
+                y[alive, :d] = model.token_states(v)
+    finally:
+        model.diffusion_scale = old_scale
+    return Paths(prompt_ids=prompt_ids, token_ids=ids_out.cpu(), probs=probs_out.cpu(), times=times.cpu(),
+                 diverged=(diverged_at >= 0).cpu(), diverged_at=diverged_at.cpu(),
+                 states=None if states is None else states.cpu())
+
+
+def _sdeint_step(model: TextSDE, y, t0, t1, bm, solver: str, step: float) -> torch.Tensor:
+    ts = torch.stack([t0, t1])
+    if solver == "milstein":
+        # Milstein needs d(sigma)/dy, which torchsde takes by autograd.
+        with torch.enable_grad():
+            return torchsde.sdeint(model, y, ts, bm=bm, method=solver, dt=step)[-1].detach()
+    return torchsde.sdeint(model, y, ts, bm=bm, method=solver, dt=step)[-1]
+
+
+def path_texts(embedder: Embedder, result: Paths) -> list[dict]:
+    """Per path: the continuation's text, its WordPiece tokens and the divergence flag."""
+    out = []
+    for i in range(result.token_ids.shape[0]):
+        ids = result.continuation(i)
+        out.append({"text": embedder.decode(ids), "tokens": embedder.tokens(ids),
+                    "diverged": bool(result.diverged[i])})
+    return out

@@ -1,0 +1,288 @@
+"""Training: teacher forcing on the Euler-Maruyama transition density, on CPU, GPU or
+several processes through ``torchrun`` (PyTorch DDP).
+
+Every epoch logs the drift, diffusion, emission cross-entropy and total losses on the
+train and validation splits (split by prompt), keeps the best epoch by validation total
+in ``weights.safetensors`` and the last epoch with its optimizer in
+``train_state.safetensors`` for ``--resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from . import io, losses
+from .config import ModelConfig, TrainConfig
+from .data import corpus_texts, load_corpus, split_by_prompt
+from .embedding import Embedder
+from .model import TextSDE
+from .runtime import Dist, init_distributed, resolve_device, shutdown_distributed
+from .transitions import Transitions, build_transitions, encode_texts
+
+log = logging.getLogger(__name__)
+LOSS_NAMES = ("drift", "diffusion", "ce", "total")
+_EVAL_BATCH = 1024
+
+
+def unigram_log_prior(seqs: list[list[int]], support: torch.Tensor, alpha: float) -> torch.Tensor:
+    """log pi_v of the add-alpha smoothed unigram over the support (0 outside it): (vocab,)."""
+    counts = torch.zeros(support.numel(), dtype=torch.float64)
+    for s in seqs:
+        counts.index_add_(0, torch.as_tensor(s, dtype=torch.long), torch.ones(len(s), dtype=torch.float64))
+    counts = (counts + alpha) * support
+    logp = torch.log(counts / counts.sum())
+    return torch.where(support, logp, torch.zeros_like(logp)).to(torch.float32)
+
+
+def _weighted(parts: dict[str, torch.Tensor], cfg: TrainConfig) -> torch.Tensor:
+    return losses.total_loss(parts, cfg.drift_weight, cfg.diffusion_weight, cfg.ce_weight)
+
+
+@torch.no_grad()
+def evaluate_losses(model: TextSDE, data: Transitions, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
+    """Mean losses over all transitions (cross-entropy on every position), in eval mode."""
+    was_training = model.training
+    model.eval()
+    sums = dict.fromkeys(("drift", "diffusion", "ce"), 0.0)
+    n = len(data)
+    for idx in torch.arange(n).split(_EVAL_BATCH):
+        parts = model(*data.take(idx, device))
+        for k in sums:
+            sums[k] += float(parts[k]) * len(idx)
+    model.train(was_training)
+    out = {k: v / n for k, v in sums.items()}
+    out["total"] = float(_weighted({k: torch.tensor(v) for k, v in out.items()}, cfg))
+    out["token_ppl"] = math.exp(min(out["ce"], 700.0))
+    return out
+
+
+@torch.no_grad()
+def reference_losses(model: TextSDE, train: Transitions, val: Transitions, device: torch.device) -> dict[str, float]:
+    """What the learned nets must beat, on the validation split:
+    the drift loss of a zero drift, and the diffusion loss of a constant per-dimension
+    sigma fitted by maximum likelihood to the learned drift's residuals on the train split."""
+    model.eval()
+    dt = model.config.dt
+    sq = torch.zeros(model.dim, dtype=torch.float64)
+    for idx in torch.arange(len(train)).split(_EVAL_BATCH):
+        x, h, t, xn, _ = train.take(idx, device)
+        sq += (xn - x - model.drift(x, h, t) * dt).pow(2).sum(0).double().cpu()
+    sigma_c = (sq / len(train) / dt).sqrt().float().to(device)
+    zero, const, n = 0.0, 0.0, len(val)
+    for idx in torch.arange(n).split(_EVAL_BATCH):
+        x, h, t, xn, _ = val.take(idx, device)
+        mu = model.drift(x, h, t)
+        zero += float(losses.drift_loss(x, xn, torch.zeros_like(mu), dt)) * len(idx)
+        const += float(losses.diffusion_loss(x, xn, mu, sigma_c, dt)) * len(idx)
+    return {"drift_zero_drift": zero / n, "diffusion_constant_sigma": const / n}
+
+
+def _optimizer(model: TextSDE, cfg: TrainConfig) -> torch.optim.Optimizer:
+    nets = [p for n, p in model.named_parameters() if not n.startswith("emission.")]
+    return torch.optim.AdamW([
+        {"params": nets, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        {"params": list(model.emission.parameters()), "lr": cfg.emission_lr, "weight_decay": 0.0},
+    ])
+
+
+def _save_train_state(path: Path, model: TextSDE, opt: torch.optim.Optimizer, epoch: int) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    sd = opt.state_dict()
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            tensors[f"optim.{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    meta = {"epoch": str(epoch), "param_groups": json.dumps(sd["param_groups"])}
+    io.write_tensors(path, tensors, metadata=meta)
+
+
+def _load_train_state(path: Path, model: TextSDE, opt: torch.optim.Optimizer) -> int:
+    from safetensors import safe_open
+
+    tensors = io.read_tensors(path)
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata() or {}
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict[int, dict] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, pid, name = k.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+    return int(meta["epoch"])
+
+
+def _check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    has_ckpt = (out / io.CONFIG).exists() or (out / io.WEIGHTS).exists()
+    if resume:
+        if not (out / io.TRAIN_STATE).is_file():
+            raise FileNotFoundError(f"cannot resume: {out / io.TRAIN_STATE} does not exist; train without --resume")
+    elif has_ckpt and not overwrite:
+        raise ValueError(f"{out} already holds a checkpoint; pass --resume to continue it or --overwrite to replace it")
+
+
+def train_model(
+    corpus: str | Path,
+    out: str | Path,
+    model_config: ModelConfig | None = None,
+    train_config: TrainConfig | None = None,
+    device: str = "auto",
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> dict:
+    """Train a text SDE on ``corpus`` and write the checkpoint folder ``out``.
+
+    Returns the history (also written to ``out/history.json``). ``on_epoch`` is called
+    with each epoch's record, for live progress displays.
+    """
+    out = Path(out)
+    tcfg = (train_config or TrainConfig()).validate()
+    _check_out_dir(out, resume, overwrite)
+    dev = resolve_device(device)
+    dist_info, dev = init_distributed(dev)
+    try:
+        return _train(corpus, out, model_config or ModelConfig(), tcfg, dev, dist_info, resume, progress, on_epoch)
+    finally:
+        shutdown_distributed(dist_info)
+
+
+def _train(corpus, out: Path, mcfg: ModelConfig, tcfg: TrainConfig, dev: torch.device, dist_info: Dist,
+           resume: bool, progress: bool, on_epoch) -> dict:
+    if resume:
+        saved = io.read_json(out / io.CONFIG)
+        mcfg = ModelConfig.from_dict(saved["model"])
+        history = io.read_json(out / io.HISTORY)
+    df = load_corpus(corpus, tcfg.max_rows)
+    split = split_by_prompt(df, tcfg.val_fraction)
+    if split.validation.empty or split.train.empty:
+        raise ValueError(f"corpus {corpus} needs responses to at least two distinct prompts "
+                         "(train and validation are split by prompt)")
+    embedder = Embedder.from_name(mcfg.embedder)
+    mcfg.dim = embedder.dim
+    torch.manual_seed(tcfg.seed)
+    train_seqs = encode_texts(embedder, corpus_texts(split.train, tcfg.include_prompts))
+    val_seqs = encode_texts(embedder, corpus_texts(split.validation, False))
+    log_prior = unigram_log_prior(train_seqs, embedder.support_mask, mcfg.prior_smoothing)
+    model = TextSDE(mcfg, embedder, log_prior)
+    train_data, val_data = build_transitions(model, train_seqs), build_transitions(model, val_seqs)
+    model.to(dev)
+    opt = _optimizer(model, tcfg)
+    start_epoch = 0
+    if resume:
+        start_epoch = _load_train_state(out / io.TRAIN_STATE, model, opt)
+        if start_epoch >= tcfg.epochs:
+            raise ValueError(f"{out} has already trained {start_epoch} epochs; ask for more with --epochs")
+    else:
+        history = {
+            "corpus": str(corpus), "train_config": tcfg.to_dict(),
+            "n_train_transitions": len(train_data), "n_val_transitions": len(val_data),
+            "train_prompts": int(split.train["prompt"].nunique()),
+            "val_prompts": int(split.validation["prompt"].nunique()), "epochs": [],
+        }
+        if dist_info.is_main:
+            for name in (io.WEIGHTS, io.TRAIN_STATE, io.HISTORY, io.REPORT):
+                (out / name).unlink(missing_ok=True)
+            io.write_json(out / io.CONFIG, io.checkpoint_config(mcfg, embedder))
+    log.info("training on %d transitions (%d validation) on %s, world size %d",
+             len(train_data), len(val_data), dev, dist_info.world)
+
+    net = DistributedDataParallel(model) if dist_info.enabled else model
+    best = min((e["validation"]["total"] for e in history["epochs"]), default=math.inf)
+    epochs = range(start_epoch, tcfg.epochs)
+    bar = tqdm(epochs, desc="epochs", disable=not (progress and dist_info.is_main), initial=start_epoch,
+               total=tcfg.epochs)
+    for epoch in bar:
+        t0 = time.time()
+        train_losses = _train_epoch(net, model, train_data, tcfg, opt, dev, dist_info, epoch, progress)
+        val_losses = evaluate_losses(model, val_data, tcfg, dev)
+        record = {"epoch": epoch + 1, "train": train_losses, "validation": val_losses,
+                  "seconds": round(time.time() - t0, 2)}
+        history["epochs"].append(record)
+        if dist_info.is_main:
+            if val_losses["total"] < best:
+                best = val_losses["total"]
+                io.write_tensors(out / io.WEIGHTS, model.state_dict())
+            _save_train_state(out / io.TRAIN_STATE, model, opt, epoch + 1)
+            io.write_json(out / io.HISTORY, history)
+        bar.set_postfix(val_total=f"{val_losses['total']:.3f}", val_ppl=f"{val_losses['token_ppl']:.0f}")
+        log.info("epoch %d: train %s | validation %s", epoch + 1, _fmt(train_losses), _fmt(val_losses))
+        if on_epoch is not None:
+            on_epoch(record)
+    dist_info.barrier()
+
+    if dist_info.is_main:
+        _finish(out, model, history, train_data, val_data, dev, tcfg, train_seqs)
+    dist_info.barrier()
+    return history
+
+
+def _train_epoch(net, model: TextSDE, data: Transitions, cfg: TrainConfig, opt, dev, dist_info: Dist,
+                 epoch: int, progress: bool) -> dict[str, float]:
+    """One pass over the shuffled train transitions; returns mean losses."""
+    model.train()
+    # Seeding by epoch makes the order (and dropout) reproducible and --resume exact.
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    torch.manual_seed(cfg.seed * 100_003 + epoch)
+    batches = torch.randperm(len(data), generator=gen).split(cfg.batch_size)
+    if dist_info.enabled:  # every rank takes the same number of batches, or DDP would hang
+        usable = len(batches) // dist_info.world * dist_info.world
+        if usable == 0:
+            raise ValueError(f"too few train transitions for {dist_info.world} processes; use fewer or a larger corpus")
+        batches = batches[dist_info.rank:usable:dist_info.world]
+    sums = dict.fromkeys(("drift", "diffusion", "ce", "total"), 0.0)
+    count = 0
+    steps_per_epoch = len(batches)
+    for i, idx in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}", leave=False,
+                                 disable=not (progress and dist_info.is_main))):
+        _set_lr(opt, cfg, (epoch * steps_per_epoch + i) / (cfg.epochs * steps_per_epoch))
+        ce_mask = torch.rand(len(idx), generator=gen) < cfg.ce_fraction
+        ce_mask[0] = True
+        parts = net(*data.take(idx, dev), ce_mask.to(dev))
+        loss = _weighted(parts, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        for k in ("drift", "diffusion", "ce"):
+            sums[k] += parts[k].item() * len(idx)
+        sums["total"] += loss.item() * len(idx)
+        count += len(idx)
+    return {k: v / max(count, 1) for k, v in sums.items()}
+
+
+def _set_lr(opt: torch.optim.Optimizer, cfg: TrainConfig, progress: float) -> None:
+    """Linear warm-up over the first 3% of steps, then cosine decay to 5% of the base rate;
+    a function of the step alone, so --resume continues the same schedule."""
+    warm = min(1.0, progress / 0.03)
+    factor = warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+    for group, base in zip(opt.param_groups, (cfg.lr, cfg.emission_lr)):
+        group["lr"] = base * factor
+
+
+def _finish(out: Path, model: TextSDE, history: dict, train_data: Transitions, val_data: Transitions,
+            dev: torch.device, tcfg: TrainConfig, train_seqs: list[list[int]]) -> None:
+    """Reload the best epoch, add the reference losses, and write history and map."""
+    model.load_state_dict(io.read_tensors(out / io.WEIGHTS))
+    best = min(history["epochs"], key=lambda e: e["validation"]["total"])
+    history["best_epoch"] = best["epoch"]
+    history["best_validation"] = best["validation"]
+    history["references"] = reference_losses(model, train_data, val_data, dev)
+    io.write_json(out / io.HISTORY, history)
+    if tcfg.map != "none":
+        from .projection import fit_reference_map
+
+        fit_reference_map(model, train_seqs, kind=tcfg.map, seed=tcfg.seed).save(out)
+
+
+def _fmt(d: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in d.items() if k in LOSS_NAMES)

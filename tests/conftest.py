@@ -1,0 +1,43 @@
+"""Shared fixtures: the real embedder, a small corpus written for the tests, and a small
+model trained on it once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_CORPUS = ROOT / "tests" / "data" / "tiny_corpus.jsonl"
+HELPSTEER_DEV = ROOT.parent / "shared" / "data" / "helpsteer_dev.jsonl"
+SHIPPED_MODEL = ROOT / "assets" / "model"
+
+needs_helpsteer = pytest.mark.skipif(
+    not HELPSTEER_DEV.is_file(), reason=f"shared HelpSteer rows not found at {HELPSTEER_DEV}")
+needs_shipped_model = pytest.mark.skipif(
+    not (SHIPPED_MODEL / "weights.safetensors").is_file(), reason="assets/model has not been trained")
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    from sdecore import Embedder
+
+    return Embedder.default()
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory, embedder) -> Path:
+    """A checkpoint trained for a few epochs on the tiny corpus (with a PCA map)."""
+    from sdecore import ModelConfig, TrainConfig, train_model
+
+    out = tmp_path_factory.mktemp("tiny_model")
+    train_model(TINY_CORPUS, out, ModelConfig(drift_hidden=64, diffusion_hidden=32),
+                TrainConfig(epochs=4, batch_size=64, map="pca", seed=0), device="cpu", progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_ckpt, embedder):
+    from sdecore import load_checkpoint
+
+    return load_checkpoint(tiny_ckpt, embedder=embedder)

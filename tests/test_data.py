@@ -1,0 +1,75 @@
+import json
+
+import pandas as pd
+import pytest
+from conftest import TINY_CORPUS
+
+from sdecore.data import corpus_texts, load_corpus, split_by_prompt
+
+
+def test_jsonl_loads_with_helpsteer_columns():
+    df = load_corpus(TINY_CORPUS)
+    assert {"prompt", "response", "complexity"} <= set(df.columns)
+    assert len(df) == sum(1 for _ in open(TINY_CORPUS))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".json"])
+def test_other_formats_give_the_same_rows(tmp_path, suffix):
+    ref = load_corpus(TINY_CORPUS)
+    path = tmp_path / f"c{suffix}"
+    if suffix == ".csv":
+        ref.to_csv(path, index=False)
+    elif suffix == ".parquet":
+        ref.to_parquet(path)
+    else:
+        path.write_text(json.dumps(ref.to_dict(orient="records")))
+    got = load_corpus(path)
+    pd.testing.assert_frame_equal(got[["prompt", "response"]], ref[["prompt", "response"]])
+
+
+def test_max_rows(tmp_path):
+    assert len(load_corpus(TINY_CORPUS, max_rows=5)) == 5
+
+
+def test_missing_columns_are_named(tmp_path):
+    path = tmp_path / "bad.csv"
+    pd.DataFrame({"prompt": ["a"], "answer": ["b"]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match="lacks column.*response"):
+        load_corpus(path)
+
+
+def test_missing_file():
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_corpus("no/such/file.jsonl")
+
+
+def test_garbage_file(tmp_path):
+    path = tmp_path / "bad.parquet"
+    path.write_text("not parquet")
+    with pytest.raises(ValueError, match="cannot read corpus"):
+        load_corpus(path)
+
+
+def test_split_is_by_prompt_and_deterministic():
+    df = load_corpus(TINY_CORPUS)
+    a, b = split_by_prompt(df, 0.3), split_by_prompt(df.sample(frac=1.0, random_state=1), 0.3)
+    tr, va = set(a.train["prompt"]), set(a.validation["prompt"])
+    assert tr and va and not (tr & va)
+    assert tr | va == set(df["prompt"])
+    assert va == set(b.validation["prompt"])  # row order does not matter
+    # every response of a validation prompt is in validation
+    assert len(a.validation) == df["prompt"].isin(va).sum()
+
+
+def test_a_prompt_keeps_its_side_when_rows_are_dropped():
+    df = load_corpus(TINY_CORPUS)
+    full = split_by_prompt(df, 0.3)
+    keep = [full.train["prompt"].iloc[0], full.validation["prompt"].iloc[0], full.train["prompt"].iloc[-1]]
+    sub = split_by_prompt(df[df["prompt"].isin(keep)], 0.3)
+    assert set(sub.validation["prompt"]) == set(keep) & set(full.validation["prompt"])
+
+
+def test_texts_optionally_add_each_prompt_once():
+    df = load_corpus(TINY_CORPUS)
+    assert len(corpus_texts(df)) == len(df)
+    assert len(corpus_texts(df, include_prompts=True)) == len(df) + df["prompt"].nunique()

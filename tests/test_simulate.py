@@ -1,0 +1,122 @@
+"""Sample paths of a (small, trained) text SDE: determinism, one Brownian path for every
+scale and solver, em == torchsde euler, divergence handling."""
+
+import pytest
+import torch
+
+from sdecore import path_texts, simulate_paths
+from sdecore.simulate import check_prompt
+
+PROMPT = "How can I sleep better?"
+
+
+def _sim(ck, **kw):
+    args = {"paths": 4, "tokens": 8, "diffusion_scale": 1.0, "seed": 3}
+    args.update(kw)
+    return simulate_paths(ck.model, ck.embedder, PROMPT, **args)
+
+
+def test_same_seed_same_paths_and_text(tiny_model):
+    a, b = _sim(tiny_model), _sim(tiny_model)
+    assert torch.equal(a.token_ids, b.token_ids)
+    assert path_texts(tiny_model.embedder, a) == path_texts(tiny_model.embedder, b)
+    assert (a.token_ids >= 0).all() and not a.diverged.any()
+
+
+def test_scale_zero_is_deterministic_across_paths(tiny_model):
+    r = _sim(tiny_model, diffusion_scale=0.0, paths=5)
+    assert (r.token_ids == r.token_ids[0]).all()
+
+
+def test_noise_makes_paths_differ(tiny_model):
+    r = _sim(tiny_model, diffusion_scale=2.0, paths=6, record_states=True)
+    first = r.states[:, 1]
+    assert torch.cdist(first, first).add(torch.eye(6) * 1e9).min() > 1e-3  # six distinct states
+
+
+def test_never_emits_special_tokens(tiny_model):
+    r = _sim(tiny_model, diffusion_scale=3.0, paths=8, tokens=12)
+    support = tiny_model.embedder.support_mask
+    assert support[r.token_ids[r.token_ids >= 0]].all()
+
+
+@pytest.mark.parametrize("snap", [True, False])
+@pytest.mark.parametrize("substeps", [1, 3])
+def test_em_matches_torchsde_euler(tiny_model, snap, substeps):
+    a = _sim(tiny_model, solver="em", snap=snap, substeps=substeps, record_states=True)
+    b = _sim(tiny_model, solver="euler", snap=snap, substeps=substeps, record_states=True)
+    torch.testing.assert_close(a.states, b.states, rtol=1e-5, atol=1e-5, equal_nan=True)
+    assert torch.equal(a.token_ids, b.token_ids)
+
+
+def test_scale_bends_one_brownian_path(tiny_model):
+    """Without snapping, x(s) - x(0) after one step is s * sigma * dW: linear in s, so the
+    same noise is read at every scale."""
+    r0 = _sim(tiny_model, diffusion_scale=0.0, snap=False, tokens=1, record_states=True)
+    r1 = _sim(tiny_model, diffusion_scale=0.5, snap=False, tokens=1, record_states=True)
+    r2 = _sim(tiny_model, diffusion_scale=1.0, snap=False, tokens=1, record_states=True)
+    d1 = r1.states[:, 1] - r0.states[:, 1]
+    d2 = r2.states[:, 1] - r0.states[:, 1]
+    torch.testing.assert_close(d2, 2 * d1, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("solver", ["milstein", "srk"])
+def test_other_solvers_run_and_agree_at_scale_zero_start(tiny_model, solver):
+    r = _sim(tiny_model, solver=solver, tokens=4)
+    assert r.token_ids.shape == (4, 4) and (r.token_ids >= 0).all()
+    ref = _sim(tiny_model, solver="euler", tokens=4, snap=False, record_states=True)
+    got = _sim(tiny_model, solver=solver, tokens=4, snap=False, record_states=True)
+    # one noise path: the solvers differ by their higher-order terms, not by fresh noise
+    assert (got.states[:, 1] - ref.states[:, 1]).norm() < 0.5 * ref.states[:, 1].norm()
+
+
+def test_divergence_is_flagged_and_others_go_on(tiny_model):
+    model = tiny_model.model
+    free = _sim(tiny_model, diffusion_scale=2.0, paths=16, tokens=10, snap=False, record_states=True)
+    peak = free.states[:, 1:].norm(dim=-1).nan_to_num(float("inf")).amax(dim=1)
+    old = model.config.divergence_radius
+    try:  # a bound that half of the same Brownian paths cross
+        model.config.divergence_radius = float(peak.median()) / float(model.cloud_radius)
+        r = _sim(tiny_model, diffusion_scale=2.0, paths=16, tokens=10, snap=False)
+    finally:
+        model.config.divergence_radius = old
+    assert r.diverged.any() and not r.diverged.all()
+    for i in torch.nonzero(r.diverged).flatten():
+        k = int(r.diverged_at[i])
+        assert (r.token_ids[i, k:] == -1).all() and (r.token_ids[i, :k] >= 0).all()
+    assert (r.token_ids[~r.diverged] >= 0).all()
+
+
+def test_nan_drift_stops_every_path_without_crashing(tiny_model):
+    model = tiny_model.model
+    bias = model.drift_net[-1].bias
+    saved = bias.detach().clone()
+    with torch.no_grad():
+        bias.fill_(float("nan"))
+    try:
+        r = _sim(tiny_model, tokens=5)
+    finally:
+        with torch.no_grad():
+            bias.copy_(saved)
+    assert r.diverged.all() and (r.diverged_at == 0).all() and (r.token_ids == -1).all()
+    assert [p["text"] for p in path_texts(tiny_model.embedder, r)] == [""] * 4
+
+
+def test_long_prompts_are_cut_with_a_warning(embedder, caplog):
+    ids = check_prompt(embedder, "word " * 700)
+    assert len(ids) == 512 and "last 512" in caplog.text
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"paths": 0}, "--paths"), ({"tokens": 513}, "--tokens"), ({"diffusion_scale": float("nan")}, "finite"),
+    ({"diffusion_scale": 10.5}, "--diffusion-scale"), ({"substeps": 65}, "--substeps"),
+    ({"solver": "rk4"}, "--solver"), ({"seed": -1}, "--seed"),
+])
+def test_bad_arguments_raise_value_error(tiny_model, kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        _sim(tiny_model, **kw)
+
+
+def test_empty_prompt(tiny_model):
+    with pytest.raises(ValueError, match="prompt is empty"):
+        simulate_paths(tiny_model.model, tiny_model.embedder, "   ")

@@ -1,0 +1,121 @@
+"""Training on the tiny corpus: losses fall, the best epoch is kept, --resume continues
+exactly, and the checkpoint folder follows its contract."""
+
+import json
+
+import pytest
+import torch
+from conftest import TINY_CORPUS
+
+from sdecore import ModelConfig, TrainConfig, load_checkpoint, train_model
+from sdecore.data import corpus_texts, load_corpus, split_by_prompt
+from sdecore.io import read_tensors
+from sdecore.model import TextSDE
+from sdecore.train import evaluate_losses, unigram_log_prior
+from sdecore.transitions import build_transitions, encode_texts
+
+SMALL = ModelConfig(drift_hidden=64, diffusion_hidden=32)
+
+
+def _val_data(embedder):
+    split = split_by_prompt(load_corpus(TINY_CORPUS), TrainConfig.val_fraction)
+    train = encode_texts(embedder, corpus_texts(split.train, True))
+    val = encode_texts(embedder, corpus_texts(split.validation))
+    return train, val
+
+
+def test_training_lowers_validation_loss(tiny_ckpt, embedder):
+    train_seqs, val_seqs = _val_data(embedder)
+    torch.manual_seed(0)  # the same initialisation train_model starts from
+    fresh = TextSDE(ModelConfig(drift_hidden=64, diffusion_hidden=32), embedder,
+                    unigram_log_prior(train_seqs, embedder.support_mask, 0.1))
+    val = build_transitions(fresh, val_seqs)
+    before = evaluate_losses(fresh, val, TrainConfig(), torch.device("cpu"))
+    trained = load_checkpoint(tiny_ckpt, embedder=embedder).model
+    after = evaluate_losses(trained, val, TrainConfig(), torch.device("cpu"))
+    assert after["total"] < before["total"] - 0.5
+    assert after["ce"] < before["ce"] and after["drift"] < before["drift"]
+
+
+def test_history_and_references(tiny_ckpt):
+    h = json.loads((tiny_ckpt / "history.json").read_text())
+    assert len(h["epochs"]) == 4
+    for e in h["epochs"]:
+        for split in ("train", "validation"):
+            assert {"drift", "diffusion", "ce", "total"} <= set(e[split])
+    best = min(h["epochs"], key=lambda e: e["validation"]["total"])
+    assert h["best_epoch"] == best["epoch"]
+    # the learned drift beats a zero drift on the same validation split (the diffusion's
+    # comparison needs more data than this corpus: it is checked on the shipped model)
+    assert h["best_validation"]["drift"] < h["references"]["drift_zero_drift"]
+    assert set(h["references"]) == {"drift_zero_drift", "diffusion_constant_sigma"}
+
+
+def test_checkpoint_contents(tiny_ckpt, embedder):
+    cfg = json.loads((tiny_ckpt / "config.json").read_text())
+    assert cfg["format_version"] == 1 and cfg["data_credit"] == "NVIDIA HelpSteer (CC-BY-4.0)"
+    assert cfg["embedder"]["fingerprint"] == embedder.fingerprint
+    for f in ("weights.safetensors", "train_state.safetensors", "history.json", "map.safetensors"):
+        assert (tiny_ckpt / f).is_file(), f
+    weights = read_tensors(tiny_ckpt / "weights.safetensors")
+    assert not any("table" in k for k in weights)  # the embedding table is not copied in
+    assert not list(tiny_ckpt.glob("*.tmp"))
+
+
+def test_resume_continues_exactly(tmp_path):
+    """A run stopped after epoch 2 and resumed ends where an uninterrupted run ends."""
+    cfg = TrainConfig(epochs=3, batch_size=64, seed=1)
+    train_model(TINY_CORPUS, tmp_path / "a", SMALL, cfg, device="cpu", progress=False)
+
+    def stop_after_two(record):
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_model(TINY_CORPUS, tmp_path / "b", SMALL, cfg, device="cpu", progress=False, on_epoch=stop_after_two)
+    hb = train_model(TINY_CORPUS, tmp_path / "b", SMALL, cfg, device="cpu", progress=False, resume=True)
+    ha = json.loads((tmp_path / "a" / "history.json").read_text())
+    assert len(hb["epochs"]) == 3
+    for ea, eb in zip(ha["epochs"], hb["epochs"]):
+        assert ea["validation"]["total"] == pytest.approx(eb["validation"]["total"], rel=1e-5)
+
+
+def test_existing_checkpoint_is_not_overwritten(tiny_ckpt):
+    before = (tiny_ckpt / "weights.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="already holds a checkpoint"):
+        train_model(TINY_CORPUS, tiny_ckpt, SMALL, TrainConfig(epochs=1), device="cpu", progress=False)
+    assert (tiny_ckpt / "weights.safetensors").read_bytes() == before
+
+
+def test_resume_needs_a_train_state(tmp_path):
+    with pytest.raises(FileNotFoundError, match="cannot resume"):
+        train_model(TINY_CORPUS, tmp_path, SMALL, TrainConfig(epochs=1), device="cpu", progress=False, resume=True)
+
+
+def test_corpus_with_one_prompt_is_refused(tmp_path):
+    path = tmp_path / "one.jsonl"
+    path.write_text('{"prompt": "p", "response": "a b c d"}\n{"prompt": "p", "response": "e f g"}\n')
+    with pytest.raises(ValueError, match="two distinct prompts"):
+        train_model(path, tmp_path / "out", SMALL, TrainConfig(epochs=1), device="cpu", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage", ["config", "weights", "fingerprint", "version"])
+def test_damaged_checkpoints_are_refused(tiny_ckpt, tmp_path, embedder, damage):
+    import shutil
+
+    ck = tmp_path / "ck"
+    shutil.copytree(tiny_ckpt, ck)
+    cfg = json.loads((ck / "config.json").read_text())
+    if damage == "config":
+        (ck / "config.json").write_text("{not json")
+    elif damage == "weights":
+        (ck / "weights.safetensors").write_bytes((ck / "weights.safetensors").read_bytes()[:100])
+    elif damage == "fingerprint":
+        cfg["embedder"]["fingerprint"] = "30522x384:0000000000000000"
+        (ck / "config.json").write_text(json.dumps(cfg))
+    else:
+        cfg["format_version"] = 99
+        (ck / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError):
+        load_checkpoint(ck, embedder=embedder)
