@@ -314,19 +314,27 @@ class NextTokenModel(Protocol):
     def log_prob_rows(self, prev: torch.Tensor) -> torch.Tensor: ...
 
 
-def _metric_sums(rows: torch.Tensor, targets: torch.Tensor) -> tuple[float, int, int]:
-    """Summed NLL of the targets, and how many lie in the top 1 and top 10 (see :func:`token_metrics`)."""
+def row_stats(rows: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per target: its NLL (n,) float64, and whether it is in the top 1 and top 10 (n,) bool.
+
+    rows: (n, vocab) log-probabilities; a target is in the top k when fewer than k tokens of
+    its row are strictly more likely (ties count as hits).
+    """
     if rows.ndim != 2 or targets.ndim != 1 or rows.shape[0] != targets.shape[0]:
         raise ValueError(f"rows must be (n, vocab), targets (n,); got {tuple(rows.shape)} and {tuple(targets.shape)}")
     targets = targets.to(rows.device, torch.long)
     if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= rows.shape[1]):
         raise ValueError(f"targets hold ids outside [0, {rows.shape[1]})")
-    lp = rows.gather(1, targets.unsqueeze(1))  # (n, 1)
+    lp = rows.gather(1, targets.unsqueeze(1))[:, 0]  # (n,)
     k = min(10, rows.shape[1])
     kth = rows.topk(k, dim=1).values  # (n, k), descending
-    top1 = int((lp[:, 0] >= kth[:, 0]).sum())
-    top10 = int((lp[:, 0] >= kth[:, k - 1]).sum())
-    return float(-lp.to(torch.float64).sum()), top1, top10
+    return -lp.to(torch.float64), lp >= kth[:, 0], lp >= kth[:, k - 1]
+
+
+def _metric_sums(rows: torch.Tensor, targets: torch.Tensor) -> tuple[float, int, int]:
+    """Summed NLL of the targets, and how many lie in the top 1 and top 10 (see :func:`row_stats`)."""
+    nll, top1, top10 = row_stats(rows, targets)
+    return float(nll.sum()), int(top1.sum()), int(top10.sum())
 
 
 def _finish(nll: float, top1: int, top10: int, n: int) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m sdecore {train,sample,info}`` (also the ``sdecore`` script).
+"""Command line: ``python -m sdecore {train,sample,evaluate,info}`` (also the ``sdecore`` script).
 
 Bad input exits with status 2 and one line on stderr that says what is wrong.
 """
@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=_at_least(0, "a non-negative integer"), default=0)
     t.add_argument("--resume", action="store_true", help="continue from the folder's last saved epoch")
     t.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
-    t.add_argument("--map", choices=["none", "pca"], default="none", help="reference map to fit")
+    t.add_argument("--map", choices=["none", "pca", "umap"], default="none",
+                   help="reference map to fit (umap: about a minute more, for the dashboard)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     s = sub.add_parser("sample", help="generate continuations of a prompt")
@@ -89,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-snap", action="store_true", help="keep the continuous path (no snapping to tokens)")
     s.add_argument("--device", **device)
     s.add_argument("--format", choices=["text", "json"], default="text")
+
+    e = sub.add_parser("evaluate", help="held-out metrics of the SDE against baselines")
+    e.add_argument("--corpus", required=True, help="local .jsonl/.json/.csv/.parquet or a HF dataset name")
+    e.add_argument("--model", **model)
+    e.add_argument("--split", choices=["validation", "all"], default="validation")
+    e.add_argument("--fit-corpus", default=None, help="corpus whose train split fits the baselines (default: --corpus)")
+    e.add_argument("--max-rows", type=_at_least(1, "an integer of at least 1"), default=None)
+    e.add_argument("--format", choices=["text", "json"], default="text")
 
     i = sub.add_parser("info", help="describe a checkpoint")
     i.add_argument("--model", **model)
@@ -133,6 +142,16 @@ def _cmd_sample(a) -> int:
     return 0
 
 
+def _cmd_evaluate(a) -> int:
+    from .evaluate import evaluate_checkpoint, format_report
+    from .io import load_checkpoint
+
+    report = evaluate_checkpoint(load_checkpoint(a.model), a.corpus, split=a.split, fit_corpus=a.fit_corpus,
+                                 max_rows=a.max_rows)
+    print(json.dumps(report, indent=2) if a.format == "json" else format_report(report))
+    return 0
+
+
 def _cmd_info(a) -> int:
     from .io import load_checkpoint
     from .model import parameter_count
@@ -167,7 +186,7 @@ def _cmd_info(a) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
-    handler = {"train": _cmd_train, "sample": _cmd_sample, "info": _cmd_info}[args.command]
+    handler = {"train": _cmd_train, "sample": _cmd_sample, "evaluate": _cmd_evaluate, "info": _cmd_info}[args.command]
     try:
         return handler(args)
     except (ValueError, FileNotFoundError) as exc:

@@ -6,15 +6,22 @@ and ``h = [h_1, ..., h_K]`` exponential moving averages of ``x`` at fixed time s
     dx  = mu(x, h, t) dt + s * sigma(x, h, t) dW        (diagonal noise)
     dh_j = (x - h_j) / tau_j dt                         (no noise)
 
-``mu`` and ``sigma`` are small MLPs; ``s`` is :attr:`TextSDE.diffusion_scale`.
+The drift is mean-reverting by construction, ``mu = m(z) - gamma * x`` with
+``z = c tanh([x, h, t] / c)``, ``m`` an MLP and ``gamma > 0`` a learned per-dimension rate;
+``sigma = softplus(MLP(z))``. Both nets see bounded inputs, so ``m`` and ``sigma`` are
+bounded and ``LV = 2 x.mu + s^2 |sigma|^2 <= -2 gamma_min |x|^2 + O(|x|) + O(s^2)``:
+unsnapped paths stay in a ball whose size grows with ``s``, the Lyapunov picture the
+analysis measures. ``s`` is :attr:`TextSDE.diffusion_scale`.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.signal import lfilter
 from torch import nn
 
 from . import losses
@@ -59,6 +66,8 @@ class TextSDE(nn.Module):
         self.emission = GaussianEmission(table, support, log_prior, config.tau_init)
 
         n_in = config.dim + config.memory_dim + 1
+        # gamma = softplus(rho), started at 1/dt: one step then forgets x and predicts m.
+        self.reversion = nn.Parameter(torch.full((config.dim,), math.log(math.expm1(1.0 / config.dt))))
         self.drift_net = _mlp(n_in, config.drift_hidden, config.dim, config.dropout)
         self.diffusion_net = _mlp(n_in, config.diffusion_hidden, config.dim, config.dropout)
         with torch.no_grad():
@@ -88,11 +97,17 @@ class TextSDE(nn.Module):
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
         tf = torch.log1p(t.clamp_min(0) / self.config.dt) / _TIME_NORM
         tf = tf.expand(x.shape[0]).unsqueeze(-1) if tf.ndim == 0 else tf.reshape(-1, 1)
-        return torch.cat([x, h, tf], dim=-1)
+        c = self.config.input_clip
+        return c * torch.tanh(torch.cat([x, h, tf], dim=-1) / c)
+
+    @property
+    def gamma(self) -> torch.Tensor:
+        """The drift's mean-reversion rate per dimension, (dim,)."""
+        return F.softplus(self.reversion)
 
     def drift(self, x: torch.Tensor, h: torch.Tensor, t) -> torch.Tensor:
-        """mu(x, h, t): (batch, dim)."""
-        return self.drift_net(self._features(x, h, t))
+        """mu(x, h, t) = m(z) - gamma * x: (batch, dim)."""
+        return self.drift_net(self._features(x, h, t)) - self.gamma * x
 
     def sigma(self, x: torch.Tensor, h: torch.Tensor, t) -> torch.Tensor:
         """sigma(x, h, t) > 0: (batch, dim), before the diffusion scale."""
@@ -122,13 +137,12 @@ class TextSDE(nn.Module):
         vocabulary mean). This is the update an Euler-Maruyama step of the SDE makes.
         """
         b, length, d = xs.shape
-        rates = self.memory_rates[None, :, None]
-        h = xs.new_zeros(b, len(self.memory_rates), d)
-        out = xs.new_empty(b, length, h.shape[1] * d)
-        for k in range(length):
-            out[:, k] = h.reshape(b, -1)
-            h = h + rates * (xs[:, k].unsqueeze(1) - h)
-        return out
+        # h_{k+1} = (1 - r) h_k + r x_k is a first-order linear filter along time; scipy's
+        # lfilter runs it in C (the same recurrence, not an approximation).
+        x_np = xs.detach().cpu().double().numpy()
+        hs = [lfilter([0.0, r], [1.0, r - 1.0], x_np, axis=1) for r in self.memory_rates.tolist()]
+        out = torch.from_numpy(np.stack(hs, axis=2).reshape(b, length, -1)).to(xs.dtype)
+        return out.to(xs.device)
 
     def prompt_state(self, ids: list[int]) -> torch.Tensor:
         """State y at the prompt's last token, reading the prompt through the memory: (1, state_dim)."""
@@ -138,18 +152,24 @@ class TextSDE(nn.Module):
         return torch.cat([xs[:, -1], hs[:, -1]], dim=-1)
 
     # ------------------------------------------------------------------- losses
-    def forward(self, x, h, t, x_next, v_next, ce_mask=None) -> dict[str, torch.Tensor]:
+    def forward(self, x, h, t, x_next, v_next, ce_mask=None, x_start=None) -> dict[str, torch.Tensor]:
         """Per-batch losses on transitions ``(x, h, t) -> (x_next, v_next)``.
 
         x, x_next: (batch, dim); h: (batch, K * dim); t: (batch,); v_next: (batch,) token ids;
-        ce_mask: (batch,) bool, the positions that enter the cross-entropy (all if None).
+        ce_mask: (batch,) bool, the positions that enter the cross-entropy (all if None);
+        x_start: (batch, dim) optional start states for the drift and diffusion losses
+        (x perturbed off the token embeddings); the cross-entropy always starts from x.
         Returns ``drift``, ``diffusion``, ``ce`` (nats per token) as scalars.
         """
         dt = self.config.dt
         mu, sig = self.drift(x, h, t), self.sigma(x, h, t)
+        if x_start is None:
+            xs, mu_s, sig_s = x, mu, sig
+        else:
+            xs, mu_s, sig_s = x_start, self.drift(x_start, h, t), self.sigma(x_start, h, t)
         out = {
-            "drift": losses.drift_loss(x, x_next, mu, dt),
-            "diffusion": losses.diffusion_loss(x, x_next, mu, sig, dt),
+            "drift": losses.drift_loss(xs, x_next, mu_s, dt),
+            "diffusion": losses.diffusion_loss(xs, x_next, mu_s, sig_s, dt),
         }
         if ce_mask is not None:
             x, mu, sig, v_next = x[ce_mask], mu[ce_mask], sig[ce_mask], v_next[ce_mask]

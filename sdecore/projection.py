@@ -1,13 +1,21 @@
 """The reference map: a 2-D picture of embedding space that paths are drawn on.
 
-Fitted once on reference points (the vocabulary tokens most frequent in the training
-corpus) and stored with the checkpoint. It stores no corpus sequences, only token ids
-and their map coordinates, so no training text can be read back from it.
+Fitted once on reference points — the vocabulary tokens most frequent in the training
+corpus and states of the model's own sample paths — and stored with the checkpoint. It
+stores no corpus sequences, only token ids, their map coordinates and the transform's
+parameters, so no training text can be read back from it.
+
+Two kinds (sklearn conventions: ``fit``, ``transform``, trailing-underscore attributes):
+
+- ``pca``: the principal-component plane; exact and instant.
+- ``umap``: UMAP fitted once; new points are placed by a small MLP regressor trained on
+  the map (far faster than ``umap.UMAP.transform``). Both are judged on held-out path
+  states by ``sklearn.manifold.trustworthiness``, stored in ``map.json``. ``umap`` is
+  imported only here, when a map is fitted.
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -17,7 +25,7 @@ import torch
 from . import io
 
 MAP_TENSORS, MAP_META = "map.safetensors", "map.json"
-MAP_KINDS = ("none", "pca")
+MAP_KINDS = ("none", "pca", "umap")
 
 
 class PCAMap:
@@ -68,26 +76,131 @@ def frequent_tokens(seqs: list[list[int]], support: torch.Tensor, n: int) -> np.
     return np.array(sorted(counts, key=lambda v: (-counts[v], v))[:n], dtype=np.int64)
 
 
-def fit_reference_map(model, train_seqs: list[list[int]], kind: str = "pca", n_tokens: int = 2000,
-                      seed: int = 0) -> PCAMap:
-    """Fit the reference map on the model's standardised embeddings of frequent tokens."""
+class UMAPMap:
+    """UMAP of the reference points, with a regressor as its fast ``transform``.
+
+    Fitted attributes: ``embedding_`` (n, 2) UMAP's coordinates of the reference points,
+    ``ref_ids_`` token ids of the first ``len(ref_ids_)`` points, ``regressor_`` the MLP,
+    ``quality_`` trustworthiness of both transforms on held-out points.
+    """
+
+    kind = "umap"
+
+    def __init__(self, n_neighbors: int = 15, min_dist: float = 0.1, seed: int = 0, hidden: int = 256,
+                 steps: int = 1500):
+        self.n_neighbors, self.min_dist, self.seed, self.hidden, self.steps = n_neighbors, min_dist, seed, hidden, steps
+
+    def fit(self, points: np.ndarray, ref_ids: np.ndarray | None = None, holdout: np.ndarray | None = None) -> UMAPMap:
+        import umap  # numba compiles on first use (tens of seconds): only when a map is fitted
+        from sklearn.manifold import trustworthiness
+
+        points = np.asarray(points, dtype=np.float32)
+        reducer = umap.UMAP(n_neighbors=self.n_neighbors, min_dist=self.min_dist, random_state=self.seed)
+        self.embedding_ = reducer.fit_transform(points).astype(np.float32)
+        self.ref_ids_ = np.asarray(ref_ids if ref_ids is not None else [], dtype=np.int64)
+        self.regressor_ = _fit_regressor(points, self.embedding_, self.hidden, self.steps, self.seed)
+        self.quality_ = {"n_reference": int(len(points))}
+        if holdout is not None and len(holdout) > self.n_neighbors + 1:
+            holdout = np.asarray(holdout, dtype=np.float32)
+            k = min(10, len(holdout) // 2 - 1)
+            self.quality_.update({
+                "n_holdout": int(len(holdout)), "trustworthiness_k": k,
+                "trustworthiness_regressor": float(trustworthiness(holdout, self.transform(holdout), n_neighbors=k)),
+                "trustworthiness_umap_transform": float(
+                    trustworthiness(holdout, reducer.transform(holdout), n_neighbors=k)),
+            })
+        return self
+
+    def transform(self, points: np.ndarray) -> np.ndarray:
+        """(n, dim) -> (n, 2) through the regressor."""
+        with torch.no_grad():
+            return self.regressor_(torch.as_tensor(np.asarray(points, dtype=np.float32))).numpy()
+
+    def save(self, folder: Path) -> None:
+        tensors = {f"regressor.{k}": v for k, v in self.regressor_.state_dict().items()}
+        tensors.update({"embedding": torch.from_numpy(self.embedding_), "ref_ids": torch.from_numpy(self.ref_ids_)})
+        io.write_tensors(Path(folder) / MAP_TENSORS, tensors)
+        io.write_json(Path(folder) / MAP_META, {"kind": self.kind, "hidden": self.hidden,
+                                                "n_neighbors": self.n_neighbors, "min_dist": self.min_dist,
+                                                **self.quality_})
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, torch.Tensor], meta: dict) -> UMAPMap:
+        m = cls(n_neighbors=meta.get("n_neighbors", 15), min_dist=meta.get("min_dist", 0.1),
+                hidden=int(meta["hidden"]))
+        m.embedding_, m.ref_ids_ = t["embedding"].numpy(), t["ref_ids"].numpy()
+        dim = t["regressor.0.weight"].shape[1]
+        m.regressor_ = _regressor(dim, m.hidden)
+        m.regressor_.load_state_dict({k[10:]: v for k, v in t.items() if k.startswith("regressor.")})
+        m.regressor_.eval()
+        m.quality_ = {k: v for k, v in meta.items() if k not in ("kind", "hidden", "n_neighbors", "min_dist")}
+        return m
+
+
+def _regressor(dim: int, hidden: int) -> torch.nn.Sequential:
+    return torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, hidden),
+                               torch.nn.SiLU(), torch.nn.Linear(hidden, 2))
+
+
+def _fit_regressor(points: np.ndarray, target: np.ndarray, hidden: int, steps: int, seed: int) -> torch.nn.Sequential:
+    """An MLP from points (n, dim) to map coordinates (n, 2), full-batch Adam on squared error."""
+    torch.manual_seed(seed)
+    net = _regressor(points.shape[1], hidden)
+    x, y = torch.from_numpy(points), torch.from_numpy(target)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for _ in range(steps):
+        loss = (net(x) - y).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return net.eval()
+
+
+def reference_points(model, train_tokens: list[list[int]], prompts: list[str], n_tokens: int = 2000,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The map's reference points: the standardised embeddings of the ``n_tokens`` most
+    frequent training tokens, then states of the model's own unsnapped sample paths from
+    half of ``prompts``; the other half's path states are held out to judge the transform.
+    Returns (points, token ids of the first points, held-out points)."""
+    from .embedding import Embedder  # noqa: F401  (type only)
+    from .simulate import simulate_paths
+
+    ids = frequent_tokens(train_tokens, model.emission.support_mask.cpu(), n_tokens)
+    tok_points = model.token_states(torch.as_tensor(ids, device=model.emb_mean.device)).cpu().numpy()
+    states = []
+    for k, prompt in enumerate(prompts):
+        res = simulate_paths(model, model.embedder_ref, prompt, paths=8, tokens=24, diffusion_scale=1.0, seed=seed + k,
+                             snap=True, record_states=True)
+        st = res.states[:, 1:].reshape(-1, model.dim)
+        states.append(st[torch.isfinite(st).all(-1)].numpy())
+    fit_states = np.concatenate(states[0::2]) if states[0::2] else np.zeros((0, model.dim), np.float32)
+    held = np.concatenate(states[1::2]) if states[1::2] else np.zeros((0, model.dim), np.float32)
+    return np.concatenate([tok_points, fit_states]).astype(np.float32), ids, held.astype(np.float32)
+
+
+def fit_reference_map(model, embedder, train_tokens: list[list[int]], prompts: list[str], kind: str = "pca",
+                      seed: int = 0) -> PCAMap | UMAPMap:
+    """Fit the reference map of ``kind`` (``pca`` or ``umap``) on :func:`reference_points`."""
     if kind not in MAP_KINDS or kind == "none":
         raise ValueError(f"--map must be one of {', '.join(MAP_KINDS)}, got {kind!r}")
-    ids = frequent_tokens(train_seqs, model.emission.support_mask.cpu(), n_tokens)
-    points = model.token_states(torch.as_tensor(ids, device=model.emb_mean.device)).cpu().numpy()
-    return PCAMap().fit(points, ids)
+    model.embedder_ref = embedder
+    points, ids, held = reference_points(model, train_tokens, prompts[:16], seed=seed)
+    if kind == "pca":
+        return PCAMap().fit(points, ids)
+    return UMAPMap(seed=seed).fit(points, ids, held)
 
 
-def load_reference_map(folder: Path) -> PCAMap | None:
+def load_reference_map(folder: Path) -> PCAMap | UMAPMap | None:
     """The checkpoint's map, or None when it was trained with ``--map none``."""
     folder = Path(folder)
     if not (folder / MAP_META).is_file():
         return None
     meta = io.read_json(folder / MAP_META)
-    if meta.get("kind") != "pca":
-        raise ValueError(f"{folder / MAP_META} names map kind {meta.get('kind')!r}, which this version cannot read")
-    return PCAMap.from_tensors(io.read_tensors(folder / MAP_TENSORS))
-
-
-def describe(meta_path: Path) -> dict:
-    return json.loads(Path(meta_path).read_text()) if Path(meta_path).is_file() else {"kind": "none"}
+    tensors = io.read_tensors(folder / MAP_TENSORS)
+    if meta.get("kind") == "pca":
+        return PCAMap.from_tensors(tensors)
+    if meta.get("kind") == "umap":
+        return UMAPMap.from_tensors(tensors, meta)
+    raise ValueError(f"{folder / MAP_META} names map kind {meta.get('kind')!r}, which this version cannot read")

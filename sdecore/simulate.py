@@ -31,7 +31,10 @@ class Paths:
     probs: (paths, steps) emission probability of each decoded token;
     states: (paths, steps + 1, dim) continuous x at the prompt's last token and after
     each token step (before snapping), NaN after divergence; None unless recorded;
-    times: (steps + 1,); diverged: (paths,) bool; diverged_at: (paths,) step index or -1.
+    drift: (paths, steps + 1, dim) mu and sigma2: (paths, steps + 1) sum_d sigma_d^2 (before
+    the diffusion scale), both evaluated at ``states`` with their memory; None unless recorded;
+    times: (steps + 1,); diverged: (paths,) bool; diverged_at: (paths,) step index or -1;
+    diffusion_scale: the s the paths were simulated at.
     """
 
     prompt_ids: list[int]
@@ -40,7 +43,10 @@ class Paths:
     times: torch.Tensor
     diverged: torch.Tensor
     diverged_at: torch.Tensor
+    diffusion_scale: float = 1.0
     states: torch.Tensor | None = None
+    drift: torch.Tensor | None = None
+    sigma2: torch.Tensor | None = None
 
     def continuation(self, i: int) -> list[int]:
         ids = self.token_ids[i]
@@ -137,9 +143,12 @@ def simulate_paths(
 
     ids_out = torch.full((paths, tokens), -1, dtype=torch.long, device=dev)
     probs_out = torch.zeros(paths, tokens, device=dev)
-    states = torch.full((paths, tokens + 1, d), math.nan, device=dev) if record_states else None
-    if states is not None:
-        states[:, 0] = y[:, :d]
+    states = drift = sigma2 = None
+    if record_states:
+        states = torch.full((paths, tokens + 1, d), math.nan, device=dev)
+        drift = torch.full((paths, tokens + 1, d), math.nan, device=dev)
+        sigma2 = torch.full((paths, tokens + 1), math.nan, device=dev)
+        _record(model, y, times[0], slice(None), 0, states, drift, sigma2)
     alive = torch.ones(paths, dtype=torch.bool, device=dev)
     diverged_at = torch.full((paths,), -1, dtype=torch.long, device=dev)
 
@@ -163,14 +172,24 @@ def simulate_paths(
             v, p = model.emission.decode(x[alive], temperature, gen)
             ids_out[alive, k], probs_out[alive, k] = v, p
             if states is not None:
-                states[alive, k + 1] = x[alive]
+                _record(model, y_new[alive], t1, alive, k + 1, states, drift, sigma2)
             if snap:
                 y[alive, :d] = model.token_states(v)
     finally:
         model.diffusion_scale = old_scale
+    def cpu(a):
+        return (None if a is None else a.cpu())
     return Paths(prompt_ids=prompt_ids, token_ids=ids_out.cpu(), probs=probs_out.cpu(), times=times.cpu(),
                  diverged=(diverged_at >= 0).cpu(), diverged_at=diverged_at.cpu(),
-                 states=None if states is None else states.cpu())
+                 diffusion_scale=float(diffusion_scale), states=cpu(states), drift=cpu(drift), sigma2=cpu(sigma2))
+
+
+def _record(model: TextSDE, y: torch.Tensor, t, rows, k: int, states, drift, sigma2) -> None:
+    """Store x, mu(x, h, t) and sum_d sigma_d^2(x, h, t) of states ``y`` at step ``k``."""
+    x, h = model.split(y)
+    states[rows, k] = x
+    drift[rows, k] = model.drift(x, h, t)
+    sigma2[rows, k] = model.sigma(x, h, t).pow(2).sum(-1)
 
 
 def _sdeint_step(model: TextSDE, y, t0, t1, bm, solver: str, step: float) -> torch.Tensor:

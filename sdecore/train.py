@@ -22,11 +22,11 @@ from tqdm.auto import tqdm
 
 from . import io, losses
 from .config import ModelConfig, TrainConfig
-from .data import corpus_texts, load_corpus, split_by_prompt
+from .data import load_corpus, split_by_prompt
 from .embedding import Embedder
 from .model import TextSDE
 from .runtime import Dist, init_distributed, resolve_device, shutdown_distributed
-from .transitions import Transitions, build_transitions, encode_texts
+from .transitions import Transitions, build_transitions, encode_rows, training_tokens
 
 log = logging.getLogger(__name__)
 LOSS_NAMES = ("drift", "diffusion", "ce", "total")
@@ -170,11 +170,13 @@ def _train(corpus, out: Path, mcfg: ModelConfig, tcfg: TrainConfig, dev: torch.d
     embedder = Embedder.from_name(mcfg.embedder)
     mcfg.dim = embedder.dim
     torch.manual_seed(tcfg.seed)
-    train_seqs = encode_texts(embedder, corpus_texts(split.train, tcfg.include_prompts))
-    val_seqs = encode_texts(embedder, corpus_texts(split.validation, False))
-    log_prior = unigram_log_prior(train_seqs, embedder.support_mask, mcfg.prior_smoothing)
+    train_seqs, train_firsts = encode_rows(embedder, split.train, training=True, include_prompts=tcfg.include_prompts)
+    val_seqs, val_firsts = encode_rows(embedder, split.validation, training=False)
+    train_tokens = training_tokens(train_seqs, train_firsts)
+    log_prior = unigram_log_prior(train_tokens, embedder.support_mask, mcfg.prior_smoothing)
     model = TextSDE(mcfg, embedder, log_prior)
-    train_data, val_data = build_transitions(model, train_seqs), build_transitions(model, val_seqs)
+    train_data = build_transitions(model, train_seqs, train_firsts)
+    val_data = build_transitions(model, val_seqs, val_firsts)
     model.to(dev)
     opt = _optimizer(model, tcfg)
     start_epoch = 0
@@ -221,7 +223,8 @@ def _train(corpus, out: Path, mcfg: ModelConfig, tcfg: TrainConfig, dev: torch.d
     dist_info.barrier()
 
     if dist_info.is_main:
-        _finish(out, model, history, train_data, val_data, dev, tcfg, train_seqs)
+        _finish(out, model, history, train_data, val_data, dev, tcfg, train_tokens, corpus, embedder,
+                list(split.train["prompt"]))
     dist_info.barrier()
     return history
 
@@ -247,7 +250,8 @@ def _train_epoch(net, model: TextSDE, data: Transitions, cfg: TrainConfig, opt, 
         _set_lr(opt, cfg, (epoch * steps_per_epoch + i) / (cfg.epochs * steps_per_epoch))
         ce_mask = torch.rand(len(idx), generator=gen) < cfg.ce_fraction
         ce_mask[0] = True
-        parts = net(*data.take(idx, dev), ce_mask.to(dev))
+        batch = data.take(idx, dev)
+        parts = net(*batch, ce_mask.to(dev), _perturb(batch[0], cfg, gen))
         loss = _weighted(parts, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -260,6 +264,16 @@ def _train_epoch(net, model: TextSDE, data: Transitions, cfg: TrainConfig, opt, 
     return {k: v / max(count, 1) for k, v in sums.items()}
 
 
+def _perturb(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor | None:
+    """x with Gaussian noise of a random size in [0, perturb_max] on a share of the rows."""
+    if cfg.perturb_fraction <= 0:
+        return None
+    n = x.shape[0]
+    size = torch.rand(n, 1, generator=gen) * cfg.perturb_max * (torch.rand(n, 1, generator=gen) < cfg.perturb_fraction)
+    noise = torch.randn(x.shape, generator=gen) * size
+    return x + noise.to(x.device)
+
+
 def _set_lr(opt: torch.optim.Optimizer, cfg: TrainConfig, progress: float) -> None:
     """Linear warm-up over the first 3% of steps, then cosine decay to 5% of the base rate;
     a function of the step alone, so --resume continues the same schedule."""
@@ -270,7 +284,8 @@ def _set_lr(opt: torch.optim.Optimizer, cfg: TrainConfig, progress: float) -> No
 
 
 def _finish(out: Path, model: TextSDE, history: dict, train_data: Transitions, val_data: Transitions,
-            dev: torch.device, tcfg: TrainConfig, train_seqs: list[list[int]]) -> None:
+            dev: torch.device, tcfg: TrainConfig, train_seqs: list[list[int]], corpus, embedder: Embedder,
+            history_prompts: list[str]) -> None:
     """Reload the best epoch, add the reference losses, and write history and map."""
     model.load_state_dict(io.read_tensors(out / io.WEIGHTS))
     best = min(history["epochs"], key=lambda e: e["validation"]["total"])
@@ -278,10 +293,16 @@ def _finish(out: Path, model: TextSDE, history: dict, train_data: Transitions, v
     history["best_validation"] = best["validation"]
     history["references"] = reference_losses(model, train_data, val_data, dev)
     io.write_json(out / io.HISTORY, history)
+    if tcfg.report:
+        from .evaluate import evaluate_checkpoint
+
+        ckpt = io.load_checkpoint(out, device="cpu", embedder=embedder)
+        io.write_json(out / io.REPORT, evaluate_checkpoint(ckpt, corpus, "validation", max_rows=tcfg.max_rows))
     if tcfg.map != "none":
         from .projection import fit_reference_map
 
-        fit_reference_map(model, train_seqs, kind=tcfg.map, seed=tcfg.seed).save(out)
+        prompts = list(dict.fromkeys(history_prompts))
+        fit_reference_map(model.cpu(), embedder, train_seqs, prompts, kind=tcfg.map, seed=tcfg.seed).save(out)
 
 
 def _fmt(d: dict[str, float]) -> str:

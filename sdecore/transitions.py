@@ -1,11 +1,20 @@
-"""Token sequences to teacher-forced transitions ``(x_k, h_k, t_k) -> (x_{k+1}, v_{k+1})``."""
+"""Token sequences to teacher-forced transitions ``(x_k, h_k, t_k) -> (x_{k+1}, v_{k+1})``.
+
+A corpus row is read as its prompt followed by its response, so the memory at a response
+token holds the prompt, as it does when a prompt is continued. Which pairs count:
+for training, every pair whose target lies in the response (the prompt-to-response step
+included) and, optionally, each distinct prompt's own pairs once; for evaluation, the
+adjacent pairs inside each response, the same for every model.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pandas as pd
 import torch
 
+from .config import MAX_PROMPT_TOKENS
 from .embedding import Embedder
 from .model import TextSDE
 
@@ -17,7 +26,7 @@ class Transitions:
     """All adjacent token pairs inside each sequence, N of them.
 
     x, x_next: (N, dim); h: (N, K * dim); t: (N,); v, v_next: (N,) token ids;
-    seq: (N,) index of the sequence each transition comes from.
+    seq: (N,) index of the sequence each transition comes from (the corpus row, for encode_rows).
     """
 
     x: torch.Tensor
@@ -40,12 +49,40 @@ def encode_texts(embedder: Embedder, texts: list[str]) -> list[list[int]]:
     return [embedder.encode(t) for t in texts]
 
 
+def encode_rows(embedder: Embedder, df: pd.DataFrame, training: bool,
+                include_prompts: bool = False) -> tuple[list[list[int]], list[int]]:
+    """Token sequences ``prompt + response`` of each row (the prompt cut to its last
+    MAX_PROMPT_TOKENS tokens, as in generation) and, per sequence, the first position k
+    whose pair (k, k+1) counts. Row i of ``df`` is sequence i; with ``training`` and
+    ``include_prompts``, each distinct prompt follows as a sequence of its own."""
+    prompt_ids = {p: embedder.encode(p)[-MAX_PROMPT_TOKENS:] for p in dict.fromkeys(df["prompt"])}
+    seqs, firsts = [], []
+    for prompt, response in zip(df["prompt"], df["response"]):
+        p = prompt_ids[prompt]
+        seqs.append(p + embedder.encode(response))
+        firsts.append(max(len(p) - 1, 0) if training else len(p))
+    if training and include_prompts:
+        for p in prompt_ids.values():
+            seqs.append(p)
+            firsts.append(0)
+    return seqs, firsts
+
+
+def training_tokens(seqs: list[list[int]], firsts: list[int]) -> list[list[int]]:
+    """The counted part of each sequence: its tokens from ``first`` on (for unigram counts
+    and n-gram fits, so they see exactly the pairs the SDE is trained on)."""
+    return [s[f:] for s, f in zip(seqs, firsts)]
+
+
 @torch.no_grad()
-def build_transitions(model: TextSDE, seqs: list[list[int]]) -> Transitions:
-    """Teacher-forced transitions of token id sequences (those with fewer than two tokens give none)."""
+def build_transitions(model: TextSDE, seqs: list[list[int]], firsts: list[int] | None = None) -> Transitions:
+    """Teacher-forced transitions of token id sequences: pairs (k, k+1) with k >= firsts[i]
+    (all pairs without ``firsts``); the memory always reads each sequence from its start."""
+    firsts = firsts if firsts is not None else [0] * len(seqs)
     dt = model.config.dt
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("x", "h", "t", "x_next", "v", "v_next", "seq")}
-    order = [i for i in range(len(seqs)) if len(seqs[i]) >= 2]
+    # Chunks of similar length waste little padding; the transitions come out in sequence order.
+    order = sorted((i for i in range(len(seqs)) if len(seqs[i]) - firsts[i] >= 2), key=lambda i: len(seqs[i]))
     for start in range(0, len(order), _CHUNK):
         chunk = order[start : start + _CHUNK]
         length = max(len(seqs[i]) for i in chunk)
@@ -53,7 +90,7 @@ def build_transitions(model: TextSDE, seqs: list[list[int]]) -> Transitions:
         valid = torch.zeros(len(chunk), length, dtype=torch.bool)
         for row, i in enumerate(chunk):
             ids[row, : len(seqs[i])] = torch.as_tensor(seqs[i])
-            valid[row, : len(seqs[i]) - 1] = True  # position k has a successor
+            valid[row, firsts[i] : len(seqs[i]) - 1] = True  # position k counts and has a successor
         xs = model.token_states(ids.to(model.emb_mean.device)).cpu()
         hs = model.teacher_forced_memory(xs)
         k = torch.arange(length).expand(len(chunk), length)
@@ -65,5 +102,7 @@ def build_transitions(model: TextSDE, seqs: list[list[int]]) -> Transitions:
         parts["v_next"].append(ids[:, 1:][valid[:, :-1]])
         parts["seq"].append(torch.as_tensor(chunk).unsqueeze(1).expand(len(chunk), length)[:, :-1][valid[:, :-1]])
     if not order:
-        raise ValueError("no text has two or more tokens: nothing to learn transitions from")
-    return Transitions(**{k: torch.cat(v) for k, v in parts.items()})
+        raise ValueError("no response has two or more tokens: there are no transitions")
+    out = {k: torch.cat(v) for k, v in parts.items()}
+    back = torch.argsort(out["seq"], stable=True)
+    return Transitions(**{k: v[back] for k, v in out.items()})

@@ -8,20 +8,19 @@ import torch
 from conftest import TINY_CORPUS
 
 from sdecore import ModelConfig, TrainConfig, load_checkpoint, train_model
-from sdecore.data import corpus_texts, load_corpus, split_by_prompt
+from sdecore.data import load_corpus, split_by_prompt
 from sdecore.io import read_tensors
 from sdecore.model import TextSDE
 from sdecore.train import evaluate_losses, unigram_log_prior
-from sdecore.transitions import build_transitions, encode_texts
+from sdecore.transitions import build_transitions, encode_rows, training_tokens
 
 SMALL = ModelConfig(drift_hidden=64, diffusion_hidden=32)
 
 
 def _val_data(embedder):
     split = split_by_prompt(load_corpus(TINY_CORPUS), TrainConfig.val_fraction)
-    train = encode_texts(embedder, corpus_texts(split.train, True))
-    val = encode_texts(embedder, corpus_texts(split.validation))
-    return train, val
+    train, firsts = encode_rows(embedder, split.train, training=True, include_prompts=True)
+    return training_tokens(train, firsts), encode_rows(embedder, split.validation, training=False)
 
 
 def test_training_lowers_validation_loss(tiny_ckpt, embedder):
@@ -29,12 +28,12 @@ def test_training_lowers_validation_loss(tiny_ckpt, embedder):
     torch.manual_seed(0)  # the same initialisation train_model starts from
     fresh = TextSDE(ModelConfig(drift_hidden=64, diffusion_hidden=32), embedder,
                     unigram_log_prior(train_seqs, embedder.support_mask, 0.1))
-    val = build_transitions(fresh, val_seqs)
+    val = build_transitions(fresh, *val_seqs)
     before = evaluate_losses(fresh, val, TrainConfig(), torch.device("cpu"))
     trained = load_checkpoint(tiny_ckpt, embedder=embedder).model
     after = evaluate_losses(trained, val, TrainConfig(), torch.device("cpu"))
     assert after["total"] < before["total"] - 0.5
-    assert after["ce"] < before["ce"] and after["drift"] < before["drift"]
+    assert after["ce"] < before["ce"] - 0.5
 
 
 def test_history_and_references(tiny_ckpt):

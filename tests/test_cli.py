@@ -1,0 +1,118 @@
+"""The command line: outputs, and every bad-input path exits 2 with one line on stderr."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, TINY_CORPUS
+
+from sdecore.cli import main
+
+
+def run(argv, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_sample_json(tiny_ckpt, capsys):
+    code, out, err = run(["sample", "--model", str(tiny_ckpt), "--prompt", "How do I sleep well?", "--paths", "3",
+                          "--tokens", "5", "--seed", "2", "--format", "json"], capsys)
+    assert code == 0, err
+    obj = json.loads(out)
+    assert set(obj) == {"prompt", "diffusion_scale", "seed", "paths"}
+    assert obj["prompt"] == "How do I sleep well?" and obj["seed"] == 2 and obj["diffusion_scale"] == 1.0
+    assert len(obj["paths"]) == 3
+    for p in obj["paths"]:
+        assert set(p) == {"text", "tokens", "diverged"} and len(p["tokens"]) == 5 and p["text"]
+
+
+def test_sample_text_and_info(tiny_ckpt, capsys):
+    code, out, _ = run(["sample", "--model", str(tiny_ckpt), "--prompt", "hello", "--paths", "2", "--tokens", "3"],
+                       capsys)
+    assert code == 0 and out.startswith("prompt: hello") and "[1]" in out
+    code, out, _ = run(["info", "--model", str(tiny_ckpt)], capsys)
+    assert code == 0
+    for needle in ("parameters:", "NVIDIA HelpSteer (CC-BY-4.0)", "zero-drift reference", "constant-sigma reference",
+                   "memory_timescales", "device:"):
+        assert needle in out
+
+
+BAD_SAMPLE = [
+    (["--prompt", ""], "prompt is empty"),
+    (["--prompt", "   "], "prompt is empty"),
+    (["--prompt", "x", "--paths", "0"], "--paths"),
+    (["--prompt", "x", "--paths", "4097"], "--paths"),
+    (["--prompt", "x", "--paths", "two"], "--paths"),
+    (["--prompt", "x", "--tokens", "0"], "--tokens"),
+    (["--prompt", "x", "--tokens", "513"], "--tokens"),
+    (["--prompt", "x", "--diffusion-scale", "-0.1"], "--diffusion-scale"),
+    (["--prompt", "x", "--diffusion-scale", "10.01"], "--diffusion-scale"),
+    (["--prompt", "x", "--diffusion-scale", "nan"], "--diffusion-scale"),
+    (["--prompt", "x", "--diffusion-scale", "inf"], "--diffusion-scale"),
+    (["--prompt", "x", "--substeps", "0"], "--substeps"),
+    (["--prompt", "x", "--substeps", "65"], "--substeps"),
+    (["--prompt", "x", "--seed", "-1"], "--seed"),
+    (["--prompt", "x", "--seed", "1.5"], "--seed"),
+    (["--prompt", "x", "--solver", "rk4"], "--solver"),
+    (["--prompt", "x", "--temperature", "-1"], "--temperature"),
+    (["--prompt", "x", "--format", "xml"], "--format"),
+    (["--prompt", "x", "--model", "/no/such/folder"], "does not exist"),
+]
+
+
+@pytest.mark.parametrize("args,needle", BAD_SAMPLE)
+def test_bad_sample_input_exits_2_with_one_line(tiny_ckpt, capsys, args, needle):
+    if "--model" not in args:
+        args = args + ["--model", str(tiny_ckpt)]
+    code, out, err = run(["sample", *args], capsys)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and needle in err, err
+
+
+def test_bad_train_input_exits_2(tmp_path, capsys, tiny_ckpt):
+    bad_cols = tmp_path / "bad.csv"
+    bad_cols.write_text("question,answer\nq,a\n")
+    cases = [
+        (["--corpus", "missing.jsonl", "--out", str(tmp_path / "o")], "does not exist"),
+        (["--corpus", str(bad_cols), "--out", str(tmp_path / "o")], "lacks column"),
+        (["--corpus", str(TINY_CORPUS), "--out", str(tmp_path / "o"), "--epochs", "0"], "--epochs"),
+        (["--corpus", str(TINY_CORPUS), "--out", str(tmp_path / "o"), "--seed", "-3"], "--seed"),
+        (["--corpus", str(TINY_CORPUS), "--out", str(tmp_path / "o"), "--max-rows", "0"], "--max-rows"),
+        (["--corpus", str(TINY_CORPUS), "--out", str(tmp_path / "o"), "--map", "tsne"], "--map"),
+        (["--corpus", str(TINY_CORPUS), "--out", str(tmp_path / "o"), "--device", "tpu"], "--device"),
+        (["--corpus", str(TINY_CORPUS), "--out", str(tmp_path / "o"), "--resume"], "cannot resume"),
+        (["--corpus", str(TINY_CORPUS), "--out", str(tiny_ckpt)], "already holds a checkpoint"),
+    ]
+    for args, needle in cases:
+        code, out, err = run(["train", *args, "--no-progress"], capsys)
+        assert code == 2, (args, err)
+        assert len(err.strip().splitlines()) == 1 and needle in err, (args, err)
+
+
+def test_corrupt_checkpoint_exits_2(tiny_ckpt, tmp_path, capsys):
+    import shutil
+
+    ck = tmp_path / "ck"
+    shutil.copytree(tiny_ckpt, ck)
+    (ck / "weights.safetensors").write_bytes(b"garbage")
+    for cmd in (["info", "--model", str(ck)], ["sample", "--model", str(ck), "--prompt", "hi"]):
+        code, _, err = run(cmd, capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "corrupt" in err
+
+
+def test_no_command_and_unknown_command(capsys):
+    assert run([], capsys)[0] == 2
+    code, _, err = run(["fly"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_real_process_exit_status(tmp_path):
+    """Through `python -m sdecore`, as a user runs it: status 2, one line, no traceback."""
+    r = subprocess.run([sys.executable, "-m", "sdecore", "sample", "--prompt", " ", "--model", str(tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -1,0 +1,253 @@
+"""The dashboard through streamlit.testing.v1.AppTest: every page runs without an exception,
+shows its charts, and reacts to its widgets; plus the pure helpers behind the pages
+(charts, HTML shading, upload conversion, the toy SDE) checked on known answers."""
+
+from __future__ import annotations
+
+import os
+
+# Before torch is imported anywhere in this process: spinning OpenMP threads slow torch
+# tens of times on a busy CPU (see dashboard/state.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import json  # noqa: E402
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "dashboard" / "app.py")
+TIMEOUT = 120  # seconds per script run: the first run loads torch, the model and the embedder
+
+
+@pytest.fixture
+def model_env(tiny_ckpt, monkeypatch, tmp_path):
+    monkeypatch.setenv("SDECORE_MODEL", str(tiny_ckpt))
+    monkeypatch.setenv("SDECORE_RUNS", str(tmp_path / "runs"))
+    return tiny_ckpt
+
+
+def start(page: str | None = None, query: dict | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for k, v in (query or {}).items():
+        at.query_params[k] = v
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    assert_clean(at)
+    return at
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def n_charts(at: AppTest) -> int:
+    return len(at.get("plotly_chart"))
+
+
+def chart_specs(at: AppTest) -> list[str]:
+    return [c.proto.spec for c in at.get("plotly_chart")]
+
+
+def continuations(at: AppTest) -> list[str]:
+    return [m.value for m in at.markdown if m.value[:3] in {f"**{i}" for i in range(1, 10)}]
+
+
+# ----------------------------------------------------------------------------- pages
+def test_generate_page_renders_and_scale_bends_paths(model_env):
+    at = start()
+    assert n_charts(at) == 3  # fan chart, drift vs diffusion, map
+    assert any("NVIDIA HelpSteer (CC-BY-4.0)" in c.value for c in at.sidebar.caption)
+    texts, specs = continuations(at), chart_specs(at)
+    assert len(texts) == 8
+    at.slider(key="scale").set_value(4.0).run()
+    assert_clean(at)
+    assert continuations(at) != texts, "moving the diffusion slider must change the generated text"
+    assert chart_specs(at)[0] != specs[0], "moving the diffusion slider must change the fan chart"
+    at.slider(key="scale").set_value(1.0).run()
+    assert continuations(at) == texts, "the same seed must give the same paths at the same scale"
+
+
+def test_generate_reads_state_from_query_params(model_env):
+    at = start(query={"prompt": "Why is the sky blue?", "seed": "3", "scale": "2.5", "solver": "euler",
+                      "paths": "4", "tokens": "6"})
+    assert at.text_area(key="prompt").value == "Why is the sky blue?"
+    assert at.slider(key="scale").value == 2.5
+    assert at.number_input(key="seed").value == 3
+    assert at.selectbox(key="solver").value == "euler"
+    assert len(continuations(at)) == 4
+
+
+def test_generate_bad_prompt_gives_an_error_not_a_traceback(model_env):
+    at = start()
+    at.text_area(key="prompt").input("   ").run()
+    assert_clean(at)
+    assert at.error and "prompt is empty" in at.error[0].value
+
+
+def test_stability_page(model_env):
+    at = start("pages/stability.py", query={"stab_paths": "6", "stab_tokens": "8"})
+    assert n_charts(at) == 6  # V, envelope, LV, sweep, quadratic variation, autocorrelation
+    betas = [m.value for m in at.metric]
+    at.slider(key="scale").set_value(3.0).run()
+    assert_clean(at)
+    assert [m.value for m in at.metric] != betas, "the fitted envelope must change with the diffusion scale"
+
+
+def test_losses_page_and_text_analysis(model_env):
+    at = start("pages/losses.py")
+    assert n_charts(at) == 3  # history, per-token losses, trajectory map
+    specs = chart_specs(at)
+    at.text_area(key="traj_text").input("Water the plant when the soil feels dry.").run()
+    assert_clean(at)
+    assert chart_specs(at)[1] != specs[1]
+    at.text_area(key="traj_text").input("hi").run()  # one token: no path
+    assert_clean(at)
+    assert at.error and "two tokens" in at.error[0].value
+
+
+def _copy_model(src: Path, dst: Path, drop=("report.json", "frontier.json")) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*drop, "train_state.safetensors"))
+    return dst
+
+
+def test_evaluation_page_without_files_explains(model_env, tmp_path, monkeypatch):
+    folder = _copy_model(model_env, tmp_path / "bare")
+    monkeypatch.setenv("SDECORE_MODEL", str(folder))
+    at = start("pages/evaluation.py")
+    assert n_charts(at) == 0
+    assert any("Not computed yet" in i.value and "sdecore evaluate" in i.value for i in at.info)
+
+
+FAKE_MODELS = {n: {"token_ppl": p, "increment_nll": None if n in ("unigram", "bigram") else 1.2,
+                   "top1": 0.1, "top10": 0.3, "coverage90": None if n in ("unigram", "bigram") else 0.88}
+               for n, p in (("sde", 300.0), ("unigram", 900.0), ("bigram", 500.0), ("brownian", 2000.0),
+                            ("ar1", 800.0), ("drift_only", 400.0))}
+
+
+def test_evaluation_page_renders_report_and_frontier(model_env, tmp_path, monkeypatch):
+    folder = _copy_model(model_env, tmp_path / "evaluated")
+    report = {"corpus": "x.jsonl", "split": "validation", "n_transitions": 1234, "models": FAKE_MODELS,
+              "by_complexity": {"0": {"n_transitions": 600, "models": FAKE_MODELS},
+                                "2": {"n_transitions": 634, "models": FAKE_MODELS}},
+              "calibration": {"levels": [0.5, 0.8, 0.9], "observed": [0.48, 0.79, None]}}
+    rows = [{"generator": g, "scale": s, "relevance": 0.5 - 0.05 * s, "relevance_random": 0.1,
+             "distinct2": 0.2 + s / 10, "self_bleu": 0.3, "bleu": 0.05, "rouge_l": 0.2, "diverged_share": 0.0}
+            for g in ("sde", "bigram") for s in (0.0, 1.0, 2.0)]
+    (folder / "report.json").write_text(json.dumps(report))
+    (folder / "frontier.json").write_text(json.dumps({"rows": rows}))
+    monkeypatch.setenv("SDECORE_MODEL", str(folder))
+    at = start("pages/evaluation.py")
+    assert n_charts(at) == 4  # metrics, by complexity, calibration, frontier
+    (folder / "report.json").write_text('{"models": 3}')  # malformed: a readable error, no traceback
+    at.run()
+    assert_clean(at)
+    assert any("unexpected structure" in e.value for e in at.error)
+
+
+def test_primer_page_reacts_to_noise(model_env):
+    at = start("pages/primer.py")
+    assert n_charts(at) == 3  # field, V over time, envelope
+    before = [m.value for m in at.metric]
+    at.slider(key="toy_noise").set_value(1.5).run()
+    assert_clean(at)
+    after = [m.value for m in at.metric]
+    assert after != before
+    assert after[3] == "2, 4.5"  # exact OU alpha = 2k, beta = 2 sigma^2
+
+
+def test_train_page_and_switching_to_a_trained_model(model_env, tmp_path):
+    at = start("pages/train.py")
+    assert at.info and "No corpus uploaded yet" in at.info[0].value
+    # A model trained on the Train page becomes active through session state. (The sidebar is
+    # checked on a first run: AppTest drops st.navigation apps' sidebar elements on reruns.)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.session_state["active_model"] = str(model_env)
+    at.session_state["active_name"] = "tiny.jsonl"
+    at.run()
+    assert_clean(at)
+    assert any("tiny.jsonl" in s.value for s in at.sidebar.success)
+    assert at.sidebar.button(key="reset_model").label == "Back to the default model"
+
+
+# ----------------------------------------------------------------------------- helpers
+def test_upload_conversion_and_checks(tmp_path):
+    from dashboard import corpus
+
+    text = "\n\n".join(f"Paragraph {i} talks about plants and water." for i in range(45))
+    df = corpus.read_upload("notes.txt", text.encode())
+    assert list(df.columns) == ["prompt", "response"] and len(df) == 45
+    assert df["prompt"].nunique() == 23  # groups of 45 // 20 = 2 paragraphs
+    assert df["prompt"].iloc[0] == "paragraph group 1" and df["prompt"].iloc[2] == "paragraph group 2"
+    csv = pd.DataFrame({"prompt": ["a", "b", "b"], "response": ["x y", "z", "w"]}).to_csv(index=False).encode()
+    assert len(corpus.read_upload("c.csv", csv)) == 3
+    bad = pd.DataFrame({"question": ["a"], "answer": ["b"]}).to_csv(index=False).encode()
+    for name, data, msg in (("c.csv", bad, "lacks column"), ("one.txt", b"just one paragraph", "paragraph"),
+                            ("x.docx", b"abc", "type"), ("big.txt", b"a" * (6 * 2**20), "limit"),
+                            ("e.jsonl", b"  ", "empty"), ("bad.txt", b"\xff\xfe\x00a\n\nb\xff", "UTF-8")):
+        with pytest.raises(ValueError, match=msg):
+            corpus.read_upload(name, data)
+
+
+def test_train_frame_writes_a_loadable_model(tmp_path, monkeypatch):
+    import sdecore
+    from dashboard import corpus
+
+    monkeypatch.setenv("SDECORE_RUNS", str(tmp_path))
+    frame = pd.read_json(ROOT / "tests" / "data" / "tiny_corpus.jsonl", lines=True)
+    seen = []
+    out, history = corpus.train_frame(frame, "tiny upload.jsonl", 1, 16, 64, seen.append)
+    assert out.parent == tmp_path and out.name.startswith("tiny_upload-")
+    assert len(seen) == 1 and seen[0]["epoch"] == 1 and len(history["epochs"]) == 1
+    assert (out / "map.json").is_file() and corpus.trained_models() == [out]
+    assert sdecore.load_checkpoint(out).model.config.drift_hidden == 16
+
+
+def test_fan_chart_quantiles_and_magnitudes():
+    from dashboard import charts, state
+
+    values = np.array([[0.0, 1.0], [2.0, 3.0], [4.0, np.nan]])
+    fig = charts.fan_chart(np.array([0.0, 1.0]), values, np.array([9.0, 9.0]), "q", "u", "t")
+    median = next(t for t in fig.data if t.name == "median of paths")
+    assert np.allclose(median.y, [2.0, 2.0])  # the NaN of a stopped path is ignored
+    assert fig.layout.title.text == "t" and fig.layout.xaxis.title.text and fig.layout.yaxis.title.text == "q (u)"
+    res = {"dt": 0.5, "scale": 2.0, "drift": np.full((1, 3, 4), 1.0), "sigma2": np.full((1, 3), 8.0)}
+    drift, diff = state.step_magnitudes(res)
+    assert np.allclose(drift, 1.0)  # |(1,1,1,1) * 0.5| = 1
+    assert np.allclose(diff, 4.0)  # 2 * sqrt(8 * 0.5)
+
+
+def test_token_spans_escape_and_glue():
+    from dashboard import render
+
+    html = render.token_spans(["<b>", "walk", "##ing"], [0.5, np.nan, 1.0], 1.0)
+    assert "&lt;b&gt;" in html and "<b>" not in html
+    assert ">walk</span><span" in html  # the ##ing piece joins its word without a space
+    assert "rgba(209,73,91,0.85)" in html  # full value, full shading
+
+
+def test_eval_frames_handle_nulls():
+    from dashboard import charts_eval as ce
+
+    frame = ce.models_frame(FAKE_MODELS)
+    assert frame["model"].iloc[0] == "sde" and np.isnan(frame.set_index("model").loc["bigram", "coverage90"])
+    fig = ce.calibration_chart([0.5, 0.9], [0.5, None], 0.88)
+    assert fig.layout.xaxis.title.text and fig.layout.yaxis.title.text
+
+
+def test_toy_ou_envelope_is_exact():
+    """For dX = -k X dt + sigma dW in 2-D, LV = -2k V + 2 sigma^2 exactly: the fit recovers it."""
+    from dashboard import toy
+    from sdecore import stability
+
+    t, x = toy.simulate(toy.KINDS[0], 1.5, 0.7, 30, t_end=2.0, seed=1)
+    V, LV = toy.lyapunov(toy.KINDS[0], x, 1.5, 0.7)
+    env = stability.fit_envelope(V, LV)
+    assert env.alpha == pytest.approx(3.0, rel=1e-3) and env.beta == pytest.approx(0.98, rel=1e-3)
+    exact = toy.ou_mean_V(t, (2.0, 1.5), 1.5, 0.7)
+    assert np.allclose(stability.lyapunov_bound(float(V[0, 0]), env.alpha, env.beta, t), exact, rtol=1e-3)

@@ -1,0 +1,143 @@
+"""The dashboard in a real headless Chromium (Playwright): start `streamlit run`, wait for
+the charts, move the diffusion slider and see the text change, visit every page, and fail
+on any exception box. Screenshots go to a folder under the test's tmp_path (printed)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run", "--disable-sync"]
+# Page title in the sidebar -> (heading on the page, charts expected; None: see the test)
+PAGES = {
+    "Generate": ("Generate", 3),
+    "Stability": ("Stability", 6),
+    "Losses and trajectories": ("Losses and trajectories", 3),
+    "Evaluation": ("Evaluation", None),
+    "Primer": ("Primer: drift and diffusion in two dimensions", 3),
+    "Train": ("Train a model on your own text", 0),
+}
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).is_file(),
+                                reason=f"Debian's chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tiny_ckpt, tmp_path):
+    port = _free_port()
+    env = dict(os.environ, SDECORE_MODEL=str(tiny_ckpt), SDECORE_RUNS=str(tmp_path / "runs"),
+               OMP_WAIT_POLICY="PASSIVE")
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+
+
+def _charts(page) -> int:
+    return page.locator(".js-plotly-plot").count()
+
+
+def _settle(page, at_least: int, timeout_s: float = 150.0) -> None:
+    """Wait until the page shows at least `at_least` charts and stops changing (no spinner,
+    the same chart count for 2 s)."""
+    if at_least:
+        page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot').length >= {at_least}",
+                               timeout=timeout_s * 1000)
+    last, stable, deadline = -1, 0, time.time() + timeout_s
+    while time.time() < deadline and stable < 4:
+        n = _charts(page)
+        busy = page.locator('[data-testid="stSpinner"]').count() > 0
+        stable = stable + 1 if n == last and not busy else 0
+        last = n
+        page.wait_for_timeout(500)
+
+
+def _assert_no_exception(page, where: str) -> None:
+    boxes = page.locator('[data-testid="stException"]')
+    assert boxes.count() == 0, f"{where}: " + " | ".join(boxes.nth(i).inner_text()[:300] for i in range(boxes.count()))
+
+
+def test_dashboard_in_chromium(server, tmp_path, tiny_ckpt):
+    from playwright.sync_api import sync_playwright
+
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    print(f"\nscreenshots: {shots}")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 3200})
+            for _ in range(240):
+                try:
+                    page.goto(server, timeout=5000)
+                    break
+                except Exception:  # the server is still starting
+                    time.sleep(0.25)
+            t0 = time.time()
+            page.wait_for_selector(".js-plotly-plot", timeout=120_000)
+            print(f"first chart {time.time() - t0:.1f} s after the page opened")
+            _settle(page, 3)
+            _assert_no_exception(page, "Generate")
+            page.screenshot(path=str(shots / "generate.png"))
+
+            # The diffusion slider bends the same paths: the generated text must change.
+            text = page.locator(".st-key-continuations")
+            before = text.inner_text()
+            thumb = page.locator('[data-testid="stSlider"] input[type=range]').first
+            thumb.focus()
+            t1 = time.time()
+            for _ in range(8):
+                page.keyboard.press("ArrowRight")
+            page.wait_for_function(
+                "b => { const e = document.querySelector('.st-key-continuations'); return e && e.innerText !== b; }",
+                arg=before, timeout=60_000)
+            print(f"text changed {time.time() - t1:.1f} s after moving the slider")
+            _settle(page, 3)
+            assert "scale=" in page.url, f"the scale must be kept in the URL, got {page.url}"
+            _assert_no_exception(page, "Generate after the slider moved")
+            page.screenshot(path=str(shots / "generate_after_slider.png"))
+
+            has_report = (Path(tiny_ckpt) / "report.json").is_file()
+            has_frontier = (Path(tiny_ckpt) / "frontier.json").is_file()
+            for name, (heading, expected) in PAGES.items():
+                page.locator('[data-testid="stSidebarNav"] a', has_text=name).first.click()
+                page.get_by_role("heading", name=heading, exact=True).first.wait_for(timeout=60_000)
+                if name == "Evaluation":
+                    expected = (1 if has_report else 0) + (1 if has_frontier else 0)
+                _settle(page, expected)
+                _assert_no_exception(page, name)
+                shot = shots / (name.lower().replace(" ", "_") + ".png")
+                page.screenshot(path=str(shot))
+                if name == "Evaluation" and not (has_report and has_frontier):
+                    assert page.get_by_text("Not computed yet").count() >= 1, "Evaluation must explain missing files"
+                if name == "Train":
+                    assert page.get_by_text("No corpus uploaded yet").count() == 1
+                assert _charts(page) >= expected, f"{name}: {_charts(page)} charts, expected {expected} ({shot})"
+        finally:
+            browser.close()

@@ -1,0 +1,84 @@
+"""The evaluate report: every model on the same transitions, the JSON contract, and the
+continuous baselines' known answers."""
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import TINY_CORPUS
+
+from sdecore.cli import main
+from sdecore.evaluate import MODEL_NAMES, _fit_ar1, evaluate_checkpoint, predict_steps
+from sdecore.transitions import Transitions
+
+
+@pytest.fixture(scope="module")
+def report(tiny_model):
+    return evaluate_checkpoint(tiny_model, TINY_CORPUS, split="all")
+
+
+def test_report_lists_every_model_with_every_metric(report):
+    assert set(report["models"]) == set(MODEL_NAMES)
+    for name, m in report["models"].items():
+        assert set(m) == {"token_ppl", "increment_nll", "top1", "top10", "coverage90"}
+        assert m["token_ppl"] > 1 and 0 <= m["top1"] <= m["top10"] <= 1
+        if name in ("unigram", "bigram"):
+            assert m["increment_nll"] is None and m["coverage90"] is None
+        else:
+            assert math.isfinite(m["increment_nll"]) and 0 <= m["coverage90"] <= 1
+
+
+def test_counts_and_breakdown(report, tiny_model):
+    # transitions: adjacent pairs inside each response, no special tokens
+    from sdecore.data import load_corpus
+
+    df = load_corpus(TINY_CORPUS)
+    expected = sum(max(len(tiny_model.embedder.encode(r)) - 1, 0) for r in df["response"])
+    assert report["n_transitions"] == expected
+    groups = report["by_complexity"]
+    assert set(groups) == {"0", "1", "2"}
+    assert sum(g["n_transitions"] for g in groups.values()) == expected
+    cal = report["calibration"]
+    assert cal["observed"] == sorted(cal["observed"]) and len(cal["levels"]) == len(cal["observed"])
+
+
+def test_validation_split_is_smaller(tiny_ckpt, report):
+    val = json.loads((tiny_ckpt / "report.json").read_text())  # written by train on the validation split
+    assert 0 < val["n_transitions"] < report["n_transitions"] and val["split"] == "validation"
+
+
+def test_brownian_and_ar1_predictions_have_the_closed_form(tiny_model):
+    torch.manual_seed(0)
+    n, d = 4000, tiny_model.model.dim
+    x = torch.randn(n, d)
+    a_true = 0.5 * torch.eye(d)
+    x_next = x @ a_true + 0.3 + 0.1 * torch.randn(n, d)
+    zeros = torch.zeros(n, dtype=torch.long)
+    data = Transitions(x=x, h=torch.zeros(n, tiny_model.model.config.memory_dim), t=torch.zeros(n), x_next=x_next,
+                       v=zeros, v_next=zeros, seq=zeros)
+    a, b = _fit_ar1(x, x_next)
+    assert torch.allclose(a, a_true, atol=0.03) and torch.allclose(b, torch.full((d,), 0.3), atol=0.03)
+    ar1 = predict_steps(tiny_model.model, data, "ar1", data)
+    # in-sample residual variance: sigma^2 (n - p) / n with p = d + 1 fitted coefficients
+    assert torch.allclose(ar1.var, torch.full((d,), 0.01 * (n - d - 1) / n), rtol=0.08)
+    br = predict_steps(tiny_model.model, data, "brownian", data)
+    assert torch.equal(br.mean, x) and torch.allclose(br.var, (x_next - x).pow(2).mean(0))
+
+
+def test_cli_json(tiny_ckpt, capsys):
+    assert main(["evaluate", "--corpus", str(TINY_CORPUS), "--model", str(tiny_ckpt), "--format", "json",
+                 "--max-rows", "12"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert {"corpus", "n_transitions", "models"} <= set(obj) and set(obj["models"]) == set(MODEL_NAMES)
+
+
+def test_cli_bad_corpus(tiny_ckpt, capsys, tmp_path):
+    assert main(["evaluate", "--corpus", str(tmp_path / "none.jsonl"), "--model", str(tiny_ckpt)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_train_writes_the_validation_report(tiny_ckpt):
+    rep = json.loads((tiny_ckpt / "report.json").read_text())
+    assert rep["split"] == "validation" and set(rep["models"]) == set(MODEL_NAMES)
+    assert rep["data_credit"] == "NVIDIA HelpSteer (CC-BY-4.0)"
