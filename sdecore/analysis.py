@@ -49,16 +49,43 @@ class LyapunovCurves:
     mean_V: np.ndarray
 
 
+PROBE_FACTORS = (0.25, 0.5, 1.5, 2.0, 3.0)
+
+
+@torch.no_grad()
+def probe_generator(model: TextSDE, paths: Paths, factors=PROBE_FACTORS) -> tuple[np.ndarray, np.ndarray]:
+    """(V, LV) at the path states moved radially, x* + f (x - x*), with their memory kept.
+
+    A Lyapunov inequality must hold off the visited states too; one SDE step of length dt
+    forgets most of x, so visited states barely spread in V, and a fit on them alone
+    cannot see the rate alpha. Returns flat arrays over all probes and states."""
+    x_star = torch.as_tensor(attractor(model), dtype=torch.float32)
+    ok = torch.isfinite(paths.states).all(-1)
+    x, h = paths.states[ok], paths.memory[ok]
+    t = paths.times.expand(ok.shape)[ok]
+    vs, lvs = [], []
+    for f in factors:
+        xp = x_star + f * (x - x_star)
+        mu = model.drift(xp, h, t)
+        s2 = model.sigma(xp, h, t).pow(2).sum(-1)
+        vs.append(lyapunov_V(xp[None], x_star)[0])
+        lvs.append(lyapunov_LV(xp[None], mu[None], s2[None], x_star, paths.diffusion_scale)[0])
+    return np.concatenate(vs), np.concatenate(lvs)
+
+
 def lyapunov_curves(model: TextSDE, paths: Paths) -> LyapunovCurves:
     """V(x) = |x - x*|^2 and LV = 2 (x - x*).mu + s^2 sum sigma^2 along paths simulated with
-    ``record_states=True`` (without snapping, the paths the generator describes)."""
+    ``record_states=True`` (without snapping, the paths the generator describes). The
+    envelope is fitted on the path states and on radial probes around them
+    (:func:`probe_generator`)."""
     if paths.states is None:
         raise ValueError("the paths were simulated without record_states=True")
     x_star = attractor(model)
     V = lyapunov_V(paths.states, x_star)
     LV = lyapunov_LV(paths.states, paths.drift, paths.sigma2, x_star, paths.diffusion_scale)
     t = (paths.times - paths.times[0]).numpy().astype(np.float64)
-    env = fit_envelope(V, LV)
+    pv, plv = probe_generator(model, paths)
+    env = fit_envelope(np.concatenate([V[np.isfinite(V)], pv]), np.concatenate([LV[np.isfinite(LV)], plv]))
     with np.errstate(invalid="ignore"):
         mean_V = np.nanmean(V, axis=0)
     bound = lyapunov_bound(float(np.nanmean(V[:, 0])), env.alpha, env.beta, t)
@@ -84,7 +111,7 @@ class ScaleSweep:
 
 
 def stability_sweep(model: TextSDE, embedder: Embedder, prompt: str, scales, paths: int = 32, tokens: int = 32,
-                    seed: int = 0, solver: str = "em") -> ScaleSweep:
+                    seed: int = 0, solver: str = "em", substeps: int = 1) -> ScaleSweep:
     """Fit ``LV <= -alpha V + beta`` on continuous (unsnapped) paths at each scale.
 
     The same seed, hence the same Brownian path, is used at every scale."""
@@ -92,7 +119,7 @@ def stability_sweep(model: TextSDE, embedder: Embedder, prompt: str, scales, pat
     alpha, beta, div = [], [], []
     for s in scales:
         res = simulate_paths(model, embedder, prompt, paths=paths, tokens=tokens, diffusion_scale=float(s),
-                             seed=seed, solver=solver, snap=False, record_states=True)
+                             seed=seed, solver=solver, substeps=substeps, snap=False, record_states=True)
         env = lyapunov_curves(model, res).envelope
         alpha.append(env.alpha)
         beta.append(env.beta)

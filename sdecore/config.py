@@ -88,7 +88,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     drift_weight: float = 1.0
     diffusion_weight: float = 1.0
-    ce_weight: float = 3.0
+    ce_weight: float = 2.0
     ce_fraction: float = 0.5  # share of each batch's positions that enter the (costly) cross-entropy
     # Off-token states: this share of each batch's drift and diffusion rows start from a
     # token embedding plus Gaussian noise of a random size up to `perturb_max` (standardised

@@ -11,7 +11,7 @@ The drift is mean-reverting by construction, ``mu = m(z) - gamma * x`` with
 ``sigma = softplus(MLP(z))``. Both nets see bounded inputs, so ``m`` and ``sigma`` are
 bounded and ``LV = 2 x.mu + s^2 |sigma|^2 <= -2 gamma_min |x|^2 + O(|x|) + O(s^2)``:
 unsnapped paths stay in a ball whose size grows with ``s``, the Lyapunov picture the
-analysis measures. ``s`` is :attr:`TextSDE.diffusion_scale`.
+analysis measures. ``s`` enters through :class:`ScaledSDE`.
 """
 
 from __future__ import annotations
@@ -76,7 +76,6 @@ class TextSDE(nn.Module):
             # softplus(0.5413) = 1: start sigma near one standardised unit per sqrt(dt).
             self.diffusion_net[-1].weight.mul_(0.1)
             self.diffusion_net[-1].bias.fill_(0.5413)
-        self.diffusion_scale = 1.0
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -124,8 +123,9 @@ class TextSDE(nn.Module):
         return torch.cat([self.drift(x, h, t), self.memory_rate(x, h)], dim=-1)
 
     def g(self, t, y: torch.Tensor) -> torch.Tensor:
+        """Diffusion at scale s = 1; :class:`ScaledSDE` gives any other scale."""
         x, h = self.split(y)
-        return torch.cat([self.diffusion_scale * self.sigma(x, h, t), torch.zeros_like(h)], dim=-1)
+        return torch.cat([self.sigma(x, h, t), torch.zeros_like(h)], dim=-1)
 
     # ---------------------------------------------------------- teacher forcing
     def teacher_forced_memory(self, xs: torch.Tensor) -> torch.Tensor:
@@ -176,6 +176,24 @@ class TextSDE(nn.Module):
         logits = self.emission.next_token_logits(x + mu * dt, (sig.detach() ** 2) * dt)
         out["ce"] = losses.emission_ce(logits, v_next)
         return out
+
+
+class ScaledSDE:
+    """A view of a :class:`TextSDE` at diffusion scale ``s`` (torchsde interface), so that
+    simulating at a scale never changes the shared model."""
+
+    noise_type = "diagonal"
+    sde_type = "ito"
+
+    def __init__(self, model: TextSDE, scale: float):
+        self.model, self.scale = model, float(scale)
+
+    def f(self, t, y: torch.Tensor) -> torch.Tensor:
+        return self.model.f(t, y)
+
+    def g(self, t, y: torch.Tensor) -> torch.Tensor:
+        x, h = self.model.split(y)
+        return torch.cat([self.scale * self.model.sigma(x, h, t), torch.zeros_like(h)], dim=-1)
 
 
 def parameter_count(model: nn.Module) -> int:

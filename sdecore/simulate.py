@@ -18,7 +18,7 @@ import torchsde
 
 from .config import MAX_PROMPT_TOKENS, SOLVERS, check_range
 from .embedding import Embedder
-from .model import TextSDE
+from .model import ScaledSDE, TextSDE
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,8 @@ class Paths:
     states: (paths, steps + 1, dim) continuous x at the prompt's last token and after
     each token step (before snapping), NaN after divergence; None unless recorded;
     drift: (paths, steps + 1, dim) mu and sigma2: (paths, steps + 1) sum_d sigma_d^2 (before
-    the diffusion scale), both evaluated at ``states`` with their memory; None unless recorded;
+    the diffusion scale), both evaluated at ``states`` with their memory ``memory``
+    (paths, steps + 1, K * dim); None unless recorded;
     times: (steps + 1,); diverged: (paths,) bool; diverged_at: (paths,) step index or -1;
     diffusion_scale: the s the paths were simulated at.
     """
@@ -47,6 +48,7 @@ class Paths:
     states: torch.Tensor | None = None
     drift: torch.Tensor | None = None
     sigma2: torch.Tensor | None = None
+    memory: torch.Tensor | None = None
 
     def continuation(self, i: int) -> list[int]:
         ids = self.token_ids[i]
@@ -87,7 +89,7 @@ def solver_grid(t0: torch.Tensor, t1: torch.Tensor, step: float) -> list[tuple[t
     return grid
 
 
-def em_step(sde: TextSDE, y: torch.Tensor, grid, bm) -> torch.Tensor:
+def em_step(sde, y: torch.Tensor, grid, bm) -> torch.Tensor:
     """Euler-Maruyama over ``grid``: y <- y + f dt + g dW, one drift and one diffusion
     evaluation per step; the increments are read from ``bm`` in one batch up front."""
     dws = [bm(a, b) for a, b in grid]
@@ -143,62 +145,59 @@ def simulate_paths(
 
     ids_out = torch.full((paths, tokens), -1, dtype=torch.long, device=dev)
     probs_out = torch.zeros(paths, tokens, device=dev)
-    states = drift = sigma2 = None
+    rec = None
     if record_states:
-        states = torch.full((paths, tokens + 1, d), math.nan, device=dev)
-        drift = torch.full((paths, tokens + 1, d), math.nan, device=dev)
-        sigma2 = torch.full((paths, tokens + 1), math.nan, device=dev)
-        _record(model, y, times[0], slice(None), 0, states, drift, sigma2)
+        rec = {"states": torch.full((paths, tokens + 1, d), math.nan, device=dev),
+               "drift": torch.full((paths, tokens + 1, d), math.nan, device=dev),
+               "sigma2": torch.full((paths, tokens + 1), math.nan, device=dev),
+               "memory": torch.full((paths, tokens + 1, cfg.memory_dim), math.nan, device=dev)}
+        _record(model, y, times[0], slice(None), 0, rec)
     alive = torch.ones(paths, dtype=torch.bool, device=dev)
     diverged_at = torch.full((paths,), -1, dtype=torch.long, device=dev)
 
-    old_scale = model.diffusion_scale
-    model.diffusion_scale = float(diffusion_scale)
-    try:
-        for k in range(tokens):
-            t0, t1 = times[k], times[k + 1]
-            if solver == "em":
-                y_new = em_step(model, y, solver_grid(t0, t1, step), bm)
-            else:
-                y_new = _sdeint_step(model, y, t0, t1, bm, solver, step)
-            x = y_new[:, :d]
-            ok = torch.isfinite(y_new).all(-1) & (x.norm(dim=-1) <= bound)
-            newly = alive & ~ok
-            diverged_at[newly] = k
-            alive &= ok
-            if not alive.any():
-                break
-            y = torch.where(alive[:, None], y_new, y)  # stopped paths keep their last sane state
-            v, p = model.emission.decode(x[alive], temperature, gen)
-            ids_out[alive, k], probs_out[alive, k] = v, p
-            if states is not None:
-                _record(model, y_new[alive], t1, alive, k + 1, states, drift, sigma2)
-            if snap:
-                y[alive, :d] = model.token_states(v)
-    finally:
-        model.diffusion_scale = old_scale
-    def cpu(a):
-        return (None if a is None else a.cpu())
+    sde = ScaledSDE(model, diffusion_scale)
+    for k in range(tokens):
+        t0, t1 = times[k], times[k + 1]
+        if solver == "em":
+            y_new = em_step(sde, y, solver_grid(t0, t1, step), bm)
+        else:
+            y_new = _sdeint_step(sde, y, t0, t1, bm, solver, step)
+        x = y_new[:, :d]
+        ok = torch.isfinite(y_new).all(-1) & (x.norm(dim=-1) <= bound)
+        newly = alive & ~ok
+        diverged_at[newly] = k
+        alive &= ok
+        if not alive.any():
+            break
+        y = torch.where(alive[:, None], y_new, y)  # stopped paths keep their last sane state
+        v, p = model.emission.decode(x[alive], temperature, gen)
+        ids_out[alive, k], probs_out[alive, k] = v, p
+        if rec is not None:
+            _record(model, y_new[alive], t1, alive, k + 1, rec)
+        if snap:
+            y[alive, :d] = model.token_states(v)
+    recorded = {k: v.cpu() for k, v in rec.items()} if rec is not None else {}
     return Paths(prompt_ids=prompt_ids, token_ids=ids_out.cpu(), probs=probs_out.cpu(), times=times.cpu(),
                  diverged=(diverged_at >= 0).cpu(), diverged_at=diverged_at.cpu(),
-                 diffusion_scale=float(diffusion_scale), states=cpu(states), drift=cpu(drift), sigma2=cpu(sigma2))
+                 diffusion_scale=float(diffusion_scale), **recorded)
 
 
-def _record(model: TextSDE, y: torch.Tensor, t, rows, k: int, states, drift, sigma2) -> None:
-    """Store x, mu(x, h, t) and sum_d sigma_d^2(x, h, t) of states ``y`` at step ``k``."""
+def _record(model: TextSDE, y: torch.Tensor, t, rows, k: int, rec: dict[str, torch.Tensor]) -> None:
+    """Store x, h, mu(x, h, t) and sum_d sigma_d^2(x, h, t) of states ``y`` at step ``k``."""
     x, h = model.split(y)
-    states[rows, k] = x
-    drift[rows, k] = model.drift(x, h, t)
-    sigma2[rows, k] = model.sigma(x, h, t).pow(2).sum(-1)
+    rec["states"][rows, k] = x
+    rec["memory"][rows, k] = h
+    rec["drift"][rows, k] = model.drift(x, h, t)
+    rec["sigma2"][rows, k] = model.sigma(x, h, t).pow(2).sum(-1)
 
 
-def _sdeint_step(model: TextSDE, y, t0, t1, bm, solver: str, step: float) -> torch.Tensor:
+def _sdeint_step(sde: ScaledSDE, y, t0, t1, bm, solver: str, step: float) -> torch.Tensor:
     ts = torch.stack([t0, t1])
     if solver == "milstein":
         # Milstein needs d(sigma)/dy, which torchsde takes by autograd.
         with torch.enable_grad():
-            return torchsde.sdeint(model, y, ts, bm=bm, method=solver, dt=step)[-1].detach()
-    return torchsde.sdeint(model, y, ts, bm=bm, method=solver, dt=step)[-1]
+            return torchsde.sdeint(sde, y, ts, bm=bm, method=solver, dt=step)[-1].detach()
+    return torchsde.sdeint(sde, y, ts, bm=bm, method=solver, dt=step)[-1]
 
 
 def path_texts(embedder: Embedder, result: Paths) -> list[dict]:

@@ -88,10 +88,13 @@ def test_generate_bad_prompt_gives_an_error_not_a_traceback(model_env):
     at.text_area(key="prompt").input("   ").run()
     assert_clean(at)
     assert at.error and "prompt is empty" in at.error[0].value
+    at.text_area(key="prompt").input("\U0001f642\U0001f642").run()  # no token the tokenizer knows
+    assert_clean(at)
+    assert at.error and at.error[0].value.startswith("Cannot generate")
 
 
 def test_stability_page(model_env):
-    at = start("pages/stability.py", query={"stab_paths": "6", "stab_tokens": "8"})
+    at = start("views/stability.py", query={"stab_paths": "6", "stab_tokens": "8"})
     assert n_charts(at) == 6  # V, envelope, LV, sweep, quadratic variation, autocorrelation
     betas = [m.value for m in at.metric]
     at.slider(key="scale").set_value(3.0).run()
@@ -100,7 +103,7 @@ def test_stability_page(model_env):
 
 
 def test_losses_page_and_text_analysis(model_env):
-    at = start("pages/losses.py")
+    at = start("views/losses.py")
     assert n_charts(at) == 3  # history, per-token losses, trajectory map
     specs = chart_specs(at)
     at.text_area(key="traj_text").input("Water the plant when the soil feels dry.").run()
@@ -119,7 +122,7 @@ def _copy_model(src: Path, dst: Path, drop=("report.json", "frontier.json")) -> 
 def test_evaluation_page_without_files_explains(model_env, tmp_path, monkeypatch):
     folder = _copy_model(model_env, tmp_path / "bare")
     monkeypatch.setenv("SDECORE_MODEL", str(folder))
-    at = start("pages/evaluation.py")
+    at = start("views/evaluation.py")
     assert n_charts(at) == 0
     assert any("Not computed yet" in i.value and "sdecore evaluate" in i.value for i in at.info)
 
@@ -142,7 +145,7 @@ def test_evaluation_page_renders_report_and_frontier(model_env, tmp_path, monkey
     (folder / "report.json").write_text(json.dumps(report))
     (folder / "frontier.json").write_text(json.dumps({"rows": rows}))
     monkeypatch.setenv("SDECORE_MODEL", str(folder))
-    at = start("pages/evaluation.py")
+    at = start("views/evaluation.py")
     assert n_charts(at) == 4  # metrics, by complexity, calibration, frontier
     (folder / "report.json").write_text('{"models": 3}')  # malformed: a readable error, no traceback
     at.run()
@@ -151,7 +154,7 @@ def test_evaluation_page_renders_report_and_frontier(model_env, tmp_path, monkey
 
 
 def test_primer_page_reacts_to_noise(model_env):
-    at = start("pages/primer.py")
+    at = start("views/primer.py")
     assert n_charts(at) == 3  # field, V over time, envelope
     before = [m.value for m in at.metric]
     at.slider(key="toy_noise").set_value(1.5).run()
@@ -162,7 +165,7 @@ def test_primer_page_reacts_to_noise(model_env):
 
 
 def test_train_page_and_switching_to_a_trained_model(model_env, tmp_path):
-    at = start("pages/train.py")
+    at = start("views/train.py")
     assert at.info and "No corpus uploaded yet" in at.info[0].value
     # A model trained on the Train page becomes active through session state. (The sidebar is
     # checked on a first run: AppTest drops st.navigation apps' sidebar elements on reruns.)
@@ -216,9 +219,9 @@ def test_fan_chart_quantiles_and_magnitudes():
     median = next(t for t in fig.data if t.name == "median of paths")
     assert np.allclose(median.y, [2.0, 2.0])  # the NaN of a stopped path is ignored
     assert fig.layout.title.text == "t" and fig.layout.xaxis.title.text and fig.layout.yaxis.title.text == "q (u)"
-    res = {"dt": 0.5, "scale": 2.0, "drift": np.full((1, 3, 4), 1.0), "sigma2": np.full((1, 3), 8.0)}
+    res = {"dt": 0.5, "scale": 2.0, "drift_norm": np.full((1, 3), 2.0), "sigma2": np.full((1, 3), 8.0)}
     drift, diff = state.step_magnitudes(res)
-    assert np.allclose(drift, 1.0)  # |(1,1,1,1) * 0.5| = 1
+    assert drift.shape == (1, 2) and np.allclose(drift, 1.0)  # |mu| dt = 2 * 0.5
     assert np.allclose(diff, 4.0)  # 2 * sqrt(8 * 0.5)
 
 

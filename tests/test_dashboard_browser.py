@@ -37,12 +37,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(tiny_ckpt, tmp_path):
+@pytest.fixture(scope="module")
+def server(tiny_ckpt, tmp_path_factory):
     port = _free_port()
-    env = dict(os.environ, SDECORE_MODEL=str(tiny_ckpt), SDECORE_RUNS=str(tmp_path / "runs"),
+    logs = tmp_path_factory.mktemp("dashboard_server")
+    env = dict(os.environ, SDECORE_MODEL=str(tiny_ckpt), SDECORE_RUNS=str(logs / "runs"),
                OMP_WAIT_POLICY="PASSIVE")
-    log = open(tmp_path / "server.log", "w")
+    log = open(logs / "server.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.headless", "true",
          "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
@@ -78,17 +79,10 @@ def _settle(page, at_least: int, timeout_s: float = 150.0) -> None:
         page.wait_for_timeout(500)
 
 
-def _assert_no_exception(page, where: str) -> None:
-    boxes = page.locator('[data-testid="stException"]')
-    assert boxes.count() == 0, f"{where}: " + " | ".join(boxes.nth(i).inner_text()[:300] for i in range(boxes.count()))
-
-
-def test_dashboard_in_chromium(server, tmp_path, tiny_ckpt):
+@pytest.fixture
+def browser_page(server):
     from playwright.sync_api import sync_playwright
 
-    shots = tmp_path / "shots"
-    shots.mkdir()
-    print(f"\nscreenshots: {shots}")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
@@ -99,45 +93,91 @@ def test_dashboard_in_chromium(server, tmp_path, tiny_ckpt):
                     break
                 except Exception:  # the server is still starting
                     time.sleep(0.25)
-            t0 = time.time()
-            page.wait_for_selector(".js-plotly-plot", timeout=120_000)
-            print(f"first chart {time.time() - t0:.1f} s after the page opened")
-            _settle(page, 3)
-            _assert_no_exception(page, "Generate")
-            page.screenshot(path=str(shots / "generate.png"))
-
-            # The diffusion slider bends the same paths: the generated text must change.
-            text = page.locator(".st-key-continuations")
-            before = text.inner_text()
-            thumb = page.locator('[data-testid="stSlider"] input[type=range]').first
-            thumb.focus()
-            t1 = time.time()
-            for _ in range(8):
-                page.keyboard.press("ArrowRight")
-            page.wait_for_function(
-                "b => { const e = document.querySelector('.st-key-continuations'); return e && e.innerText !== b; }",
-                arg=before, timeout=60_000)
-            print(f"text changed {time.time() - t1:.1f} s after moving the slider")
-            _settle(page, 3)
-            assert "scale=" in page.url, f"the scale must be kept in the URL, got {page.url}"
-            _assert_no_exception(page, "Generate after the slider moved")
-            page.screenshot(path=str(shots / "generate_after_slider.png"))
-
-            has_report = (Path(tiny_ckpt) / "report.json").is_file()
-            has_frontier = (Path(tiny_ckpt) / "frontier.json").is_file()
-            for name, (heading, expected) in PAGES.items():
-                page.locator('[data-testid="stSidebarNav"] a', has_text=name).first.click()
-                page.get_by_role("heading", name=heading, exact=True).first.wait_for(timeout=60_000)
-                if name == "Evaluation":
-                    expected = (1 if has_report else 0) + (1 if has_frontier else 0)
-                _settle(page, expected)
-                _assert_no_exception(page, name)
-                shot = shots / (name.lower().replace(" ", "_") + ".png")
-                page.screenshot(path=str(shot))
-                if name == "Evaluation" and not (has_report and has_frontier):
-                    assert page.get_by_text("Not computed yet").count() >= 1, "Evaluation must explain missing files"
-                if name == "Train":
-                    assert page.get_by_text("No corpus uploaded yet").count() == 1
-                assert _charts(page) >= expected, f"{name}: {_charts(page)} charts, expected {expected} ({shot})"
+            yield page
         finally:
             browser.close()
+
+
+def _assert_no_exception(page, where: str) -> None:
+    boxes = page.locator('[data-testid="stException"]')
+    assert boxes.count() == 0, f"{where}: " + " | ".join(boxes.nth(i).inner_text()[:300] for i in range(boxes.count()))
+
+
+def test_dashboard_in_chromium(browser_page, tmp_path, tiny_ckpt):
+    page = browser_page
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    print(f"\nscreenshots: {shots}")
+    t0 = time.time()
+    page.wait_for_selector(".js-plotly-plot", timeout=120_000)
+    print(f"first chart {time.time() - t0:.1f} s after the page opened")
+    _settle(page, 3)
+    _assert_no_exception(page, "Generate")
+    page.screenshot(path=str(shots / "generate.png"))
+
+    # The diffusion slider bends the same paths: the generated text must change.
+    before = page.locator(".st-key-continuations").inner_text()
+    page.locator('[data-testid="stSlider"] input[type=range]').first.focus()
+    t1 = time.time()
+    for _ in range(6):
+        page.keyboard.press("ArrowRight")
+    page.wait_for_function(
+        "b => { const e = document.querySelector('.st-key-continuations'); return e && e.innerText !== b; }",
+        arg=before, timeout=60_000)
+    print(f"text changed {time.time() - t1:.1f} s after moving the slider")
+    _settle(page, 3)
+    assert "scale=" in page.url, f"the scale must be kept in the URL, got {page.url}"
+    _assert_no_exception(page, "Generate after the slider moved")
+    page.screenshot(path=str(shots / "generate_after_slider.png"))
+
+    has_report = (Path(tiny_ckpt) / "report.json").is_file()
+    has_frontier = (Path(tiny_ckpt) / "frontier.json").is_file()
+    for name, (heading, expected) in PAGES.items():
+        page.locator('[data-testid="stSidebarNav"] a', has_text=name).first.click()
+        page.get_by_role("heading", name=heading, exact=True).first.wait_for(timeout=60_000)
+        if name == "Evaluation":
+            expected = (1 if has_report else 0) + (1 if has_frontier else 0)
+        _settle(page, expected)
+        _assert_no_exception(page, name)
+        shot = shots / (name.lower().replace(" ", "_") + ".png")
+        page.screenshot(path=str(shot))
+        if name == "Evaluation" and not (has_report and has_frontier):
+            assert page.get_by_text("Not computed yet").count() >= 1, "Evaluation must explain missing files"
+        if name == "Train":
+            assert page.get_by_text("No corpus uploaded yet").count() == 1
+        assert _charts(page) >= expected, f"{name}: {_charts(page)} charts, expected {expected} ({shot})"
+
+
+def test_shared_url_reopens_the_view(browser_page, server):
+    """A link that names a page and its settings opens that page, with the app's sidebar."""
+    page = browser_page
+    page.goto(server + "stability?prompt=Why+is+the+sky+blue%3F&scale=2.5&seed=4&stab_paths=6&stab_tokens=8")
+    page.get_by_role("heading", name="Stability", exact=True).first.wait_for(timeout=60_000)
+    _settle(page, 6)
+    _assert_no_exception(page, "Stability from a shared URL")
+    assert page.locator('[data-testid="stSlider"] input[type=range]').first.input_value() == "2.5"
+    assert page.locator("textarea").first.input_value() == "Why is the sky blue?"
+    assert page.get_by_text("Data credit: NVIDIA HelpSteer (CC-BY-4.0)").count() == 1  # the app's own sidebar
+
+
+def test_upload_and_train_in_the_browser(browser_page, server, tmp_path):
+    page = browser_page
+    page.goto(server + "train")
+    page.get_by_role("heading", name=PAGES["Train"][0]).wait_for(timeout=60_000)
+    uploader = page.locator('[data-testid="stFileUploader"] input[type=file]')
+    bad = tmp_path / "bad.csv"
+    bad.write_text("question,answer\nWhy?,Because.\n")
+    uploader.set_input_files(str(bad))
+    page.get_by_text("Cannot use this file").wait_for(timeout=60_000)
+    assert page.get_by_text("lacks column(s) prompt, response").count() == 1
+    uploader.set_input_files(str(ROOT / "tests" / "data" / "tiny_corpus.jsonl"))
+    page.get_by_role("button", name="Train", exact=True).wait_for(timeout=60_000)
+    page.get_by_label("Epochs (1-20)").fill("1")
+    page.keyboard.press("Enter")
+    page.wait_for_timeout(1000)
+    page.get_by_role("button", name="Train", exact=True).click()
+    page.get_by_text("Last training: tiny_corpus.jsonl").wait_for(timeout=300_000)
+    _settle(page, 1)
+    _assert_no_exception(page, "Train")
+    assert page.get_by_text("Active: the model trained on the Train page").count() == 1
+    page.screenshot(path=str(tmp_path / "trained.png"))

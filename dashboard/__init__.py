@@ -1,0 +1,1 @@
+"""Streamlit laboratory for the text SDE: `streamlit run dashboard/app.py`."""

@@ -1,0 +1,72 @@
+"""Entry point: `streamlit run dashboard/app.py`.
+
+Registers the pages with st.navigation and draws the sidebar every page shares: which
+model is active, where it runs, and the data credit.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+# Before anything imports torch: spinning OpenMP threads slow torch tens of times on a busy CPU.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# The dashboard runs from a checkout without installing sdecore: put the repo root first.
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from dashboard import state  # noqa: E402
+
+st.set_page_config(page_title="Text SDE laboratory", page_icon=":material/timeline:", layout="wide")
+
+# Page scripts live in views/, not pages/: Streamlit treats a pages/ folder next to the main
+# script as an old-style multipage app, and a URL that names a page (a shared link such as
+# /stability?scale=2) would then run that file alone, without this script's sidebar.
+PAGES = [
+    st.Page("views/generate.py", title="Generate", icon=":material/timeline:", default=True),
+    st.Page("views/stability.py", title="Stability", icon=":material/balance:"),
+    st.Page("views/losses.py", title="Losses and trajectories", icon=":material/show_chart:"),
+    st.Page("views/evaluation.py", title="Evaluation", icon=":material/fact_check:"),
+    st.Page("views/primer.py", title="Primer", icon=":material/school:"),
+    st.Page("views/train.py", title="Train", icon=":material/model_training:"),
+]
+
+
+def sidebar() -> None:
+    ck, err = state.checkpoint()
+    folder = state.active_model_folder()
+    with st.sidebar:
+        st.markdown("### Model")
+        if st.session_state.get("active_model"):
+            st.success(f"Active: the model trained on the Train page ({st.session_state.get('active_name', '')})")
+            if st.button("Back to the default model", key="reset_model"):
+                st.session_state.pop("active_model", None)
+                st.rerun()
+        if ck is None:
+            st.error(err)
+            st.caption(f"Data credit: {state.DATA_CREDIT}")
+            return
+        hist = ck.history or {}
+        best = (hist.get("best_validation") or {}).get("token_ppl")
+        m = state.maps(str(folder), state.folder_stamp(folder))
+        lines = [
+            f"**Folder:** `{folder.name}`",
+            f"**Device:** `{ck.model.emission.table.device}`",
+            f"**Embedder:** {ck.embedder.name}",
+            f"**Map:** {m['stored']['label'] if m['stored'] else 'none stored (PCA on the fly)'}",
+        ]
+        if hist.get("epochs"):
+            n_ep = len(hist["epochs"])
+            plural = "s" if n_ep != 1 else ""
+            lines.append(f"**Trained:** {n_ep} epoch{plural}, best {hist.get('best_epoch', '?')}"
+                         + (f", validation perplexity {best:,.0f}" if best else ""))
+        st.markdown("  \n".join(lines), help=str(folder))
+        st.caption(f"Data credit: {ck.credit}")
+
+
+nav = st.navigation(PAGES)
+sidebar()
+nav.run()

@@ -1,0 +1,145 @@
+"""Generate: sample paths from a prompt, their text, and drift against diffusion."""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+import sdecore
+from dashboard import charts, render, state
+
+st.title("Generate")
+st.markdown(
+    "Each new token is one step of **dx = mu dt + s sigma dW** in embedding space: the drift **mu** "
+    "carries the predictable part of language, the diffusion **sigma** its variability, and **s** is "
+    "your diffusion knob. The same seed keeps the same Brownian path, so moving **s** bends the same "
+    "paths rather than drawing new ones. The URL keeps these settings: copy it to share this view.")
+
+ck, folder, stamp = state.require_checkpoint()
+lo_p, hi_p = state.PAGE_LIMITS["paths"]
+lo_t, hi_t = state.PAGE_LIMITS["tokens"]
+lo_s, hi_s = state.PAGE_LIMITS["diffusion_scale"]
+lo_k, hi_k = state.PAGE_LIMITS["substeps"]
+bind = {"bind": "query-params", "persist_state": "session"}
+
+prompt = st.text_area("Prompt", value=state.DEFAULT_PROMPT, key="prompt", height=68, **bind)
+scale = st.slider("Diffusion magnitude s (0 = drift only)", lo_s, hi_s, 1.0, step=0.05, key="scale", **bind,
+                  help="Multiplies sigma: dx = mu dt + s sigma dW. Same seed, same Brownian path at every s.")
+c = st.columns([1, 1, 1.3, 1, 1.2, 1])
+paths = c[0].number_input(f"Paths ({lo_p}-{hi_p})", lo_p, hi_p, 8, key="paths", **bind)
+tokens = c[1].number_input(f"Tokens ({lo_t}-{hi_t})", lo_t, hi_t, 24, key="tokens", **bind)
+solver = c[2].selectbox("Solver", state.SOLVERS, index=0, key="solver", **bind,
+                        help="em: the engine's Euler-Maruyama loop; euler, milstein, srk through torchsde "
+                             "(srk costs about ten times euler).")
+substeps = c[3].number_input(f"Substeps ({lo_k}-{hi_k})", lo_k, hi_k, 1, key="substeps", **bind,
+                             help="Solver steps per token.")
+seed = c[4].number_input("Seed", 0, 2**31 - 1, 0, key="seed", **bind)
+snap = c[5].toggle("Snap", value=True, key="snap", **bind,
+                   help="Snap to tokens: after each token, set x to the decoded token's embedding "
+                        "(off: the continuous path).")
+
+if not prompt.strip():
+    st.error("The prompt is empty: type some text to continue, e.g. “How can I improve my sleep?”.")
+    st.stop()
+if len(ck.embedder.encode(prompt)) > sdecore.config.MAX_PROMPT_TOKENS:
+    st.info(f"The prompt is longer than {sdecore.config.MAX_PROMPT_TOKENS} tokens: only its last "
+            f"{sdecore.config.MAX_PROMPT_TOKENS} are read.")
+
+args = (folder, stamp, prompt, int(paths), int(tokens))
+rest = (solver, int(substeps), int(seed), bool(snap))
+try:
+    with st.spinner("Simulating paths ..."):
+        res = state.generate(*args, float(scale), *rest)
+        base = state.generate(folder, stamp, prompt, 1, int(tokens), 0.0, *rest)
+except ValueError as exc:
+    st.error(f"Cannot generate: {exc}")
+    st.stop()
+
+drift_mag, diff_mag = state.step_magnitudes(res)
+n_div = int(res["diverged"].sum())
+m = st.columns(4)
+m[0].metric("Paths diverged", f"{n_div} / {len(res['diverged'])}")
+m[1].metric("Mean decode probability", f"{np.nanmean(res['probs'][res['token_ids'] >= 0]):.3f}"
+            if (res["token_ids"] >= 0).any() else "n/a")
+m[2].metric("Median |mu dt| per step", f"{np.nanmedian(drift_mag):.3g}")
+m[3].metric("Median s*sqrt(sum sigma^2 dt)", f"{np.nanmedian(diff_mag):.3g}")
+
+st.subheader("Continuations")
+st.markdown(render.legend_html("shading: how sure the decoding was (emission probability of each token)",
+                               (31, 111, 139), 1.0), unsafe_allow_html=True)
+with st.container(key="continuations"):
+    base_spans = render.token_spans(base["token_strs"][0], base["probs"][0], 1.0, (31, 111, 139), "p")
+    st.markdown(f"**Drift only (s = 0):** {base_spans}", unsafe_allow_html=True)
+    for i, item in enumerate(res["texts"]):
+        toks = res["token_strs"][i]
+        flag = (f" &nbsp;⚠️ *diverged at step {int(res['diverged_at'][i]) + 1}*" if item["diverged"] else "")
+        ok = res["token_ids"][i] >= 0
+        sure = f"mean p {res['probs'][i][ok].mean():.2f}" if ok.any() else "no tokens"
+        spans = render.token_spans(toks, res["probs"][i][: len(toks)], 1.0, (31, 111, 139), "p")
+        st.markdown(f"**{i + 1}.** {spans} <span style='color:#777;font-size:0.85em'>({sure})</span>{flag}",
+                    unsafe_allow_html=True)
+
+st.subheader("Paths over time")
+m_stored = state.maps(folder, stamp)
+q1, q2 = st.columns(2)
+quantity = q1.radio("Fan chart quantity", ["distance from the vocabulary mean", "map axis 1"],
+                    horizontal=True, key="fan_quantity")
+use_pca = q2.toggle("Use PCA instead of the stored map", key="use_pca", disabled=m_stored["stored"] is None,
+                    help=m_stored["note"] or "Switch between the checkpoint's reference map and PCA of its tokens.")
+proj = state.projection(folder, stamp, use_pca)
+dim = res["states"].shape[-1]
+flat = state.project(proj, res["states"].reshape(-1, res["states"].shape[-1]))
+xy = list(flat.reshape(res["states"].shape[0], -1, 2))
+base_xy = state.project(proj, base["states"][0])
+if quantity.startswith("distance"):
+    values, base_values = np.linalg.norm(res["states"], axis=-1), np.linalg.norm(base["states"][0], axis=-1)
+    qname, unit = "|x - vocabulary mean|", charts.UNIT
+else:
+    values, base_values = np.stack([p[:, 0] for p in xy]), base_xy[:, 0]
+    qname, unit = f"{proj['label']} axis 1", "map units"
+left, right = st.columns(2)
+with left:
+    st.plotly_chart(charts.fan_chart(res["t"], values, base_values, qname, unit,
+                                     f"Fan of {len(values)} paths at s = {scale:g}"), key="fan")
+    st.caption("Look for the band widening with s while the dashed drift-only path stays put: diffusion spreads "
+               "the paths around the drift.")
+with right:
+    st.plotly_chart(charts.magnitude_chart(res["t"][:-1], drift_mag, diff_mag), key="magnitudes")
+    st.caption("Where the red curve passes the blue one, noise outweighs the drift's pull and the text starts to "
+               "wander; at s = 0 the red curve is zero.")
+
+st.subheader("Paths on the map")
+if m_stored["note"]:
+    st.caption(f"Note: {m_stored['note']}.")
+if proj.get("quality"):
+    scores = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in proj["quality"].items())
+    st.caption(f"How well the map keeps neighbourhoods (stored with it): {scores}.")
+
+
+def hover(i: int, r: dict) -> list[str]:
+    toks = ["(prompt)"] + r["token_strs"][i]
+    return [f"step {k}: nearest token '{r['nearest'][i][k]}'"
+            + (f", decoded '{toks[k]}' (p={r['probs'][i][k - 1]:.2f})" if 1 <= k < len(toks) else "")
+            for k in range(len(r["nearest"][i]))]
+
+
+st.plotly_chart(charts.map_chart(proj["ref_xy"], proj["ref_tokens"], xy, [hover(i, res) for i in range(len(xy))],
+                                 base_xy, hover(0, base), proj["label"]), key="map")
+st.caption("Grey dots are frequent tokens; hover a path's point to see the token nearest to it. With snapping on, "
+           "each step starts from the decoded token's embedding.")
+
+rows = charts.paths_frame_rows(res, xy, "map", drift_mag, diff_mag)
+def path_metrics(i: int, item: dict) -> dict:
+    ok = res["token_ids"][i] >= 0
+    return {"path": i + 1, "text": item["text"], "diverged": item["diverged"],
+            "diverged_at_step": int(res["diverged_at"][i]) + 1 if item["diverged"] else None,
+            "mean_decode_prob": float(res["probs"][i][ok].mean()) if ok.any() else None,
+            "mean_drift_step": float(np.nanmean(drift_mag[i])), "mean_diffusion_step": float(np.nanmean(diff_mag[i])),
+            "prompt": prompt, "scale": scale, "solver": solver, "substeps": substeps, "seed": seed, "snap": snap}
+
+
+summary = pd.DataFrame([path_metrics(i, item) for i, item in enumerate(res["texts"])])
+d1, d2, _ = st.columns([1, 1, 3])
+d1.download_button("Paths (CSV)", pd.DataFrame(rows).to_csv(index=False), "paths.csv", "text/csv", on_click="ignore")
+d2.download_button("Metrics (CSV)", summary.to_csv(index=False), "path_metrics.csv", "text/csv", on_click="ignore")
+st.caption(f"State dimension {dim}; times in tokens (dt = {res['dt']:g} per token); distances in standardised "
+           "embedding units (each dimension divided by its spread over the vocabulary).")
