@@ -1,4 +1,4 @@
-"""Command line: ``python -m sdecore {train,sample,evaluate,info}`` (also the ``sdecore`` script).
+"""Command line: ``python -m sdecore {train,sample,evaluate,frontier,info}`` (also the ``sdecore`` script).
 
 Bad input exits with status 2 and one line on stderr that says what is wrong.
 """
@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-rows", type=_at_least(1, "an integer of at least 1"), default=None)
     t.add_argument("--device", **device)
     t.add_argument("--seed", type=_at_least(0, "a non-negative integer"), default=0)
+    t.add_argument("--batch-size", type=_at_least(1, "an integer of at least 1"), default=TrainConfig.batch_size,
+                   help="transitions per optimisation step (per process under torchrun)")
     t.add_argument("--resume", action="store_true", help="continue from the folder's last saved epoch")
     t.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
     t.add_argument("--map", choices=["none", "pca", "umap"], default="none",
@@ -99,6 +101,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-rows", type=_at_least(1, "an integer of at least 1"), default=None)
     e.add_argument("--format", choices=["text", "json"], default="text")
 
+    f = sub.add_parser("frontier", help="relevance, diversity and closeness of generated text as the scale sweeps")
+    f.add_argument("--corpus", required=True, help="local .jsonl/.json/.csv/.parquet or a HF dataset name")
+    f.add_argument("--model", **model)
+    f.add_argument("--fit-corpus", default=None, help="corpus whose train split fits the bigram (default: --corpus)")
+    f.add_argument("--scales", type=_scale, nargs="+", default=[0.0, 0.25, 0.5, 1.0, 2.0])
+    f.add_argument("--max-prompts", type=_at_least(1, "an integer of at least 1"), default=12)
+    f.add_argument("--paths", type=_int_in("paths"), default=4)
+    f.add_argument("--tokens", type=_int_in("tokens"), default=24)
+    f.add_argument("--lengths", type=_int_in("tokens"), nargs="+", default=[16, 64, 256])
+    f.add_argument("--seed", type=_at_least(0, "a non-negative integer"), default=0)
+    f.add_argument("--max-rows", type=_at_least(1, "an integer of at least 1"), default=None)
+    f.add_argument("--save", action="store_true",
+                   help="also write frontier.json into the model folder (the dashboard reads it)")
+    f.add_argument("--format", choices=["text", "json"], default="text")
+
     i = sub.add_parser("info", help="describe a checkpoint")
     i.add_argument("--model", **model)
     return p
@@ -107,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_train(a) -> int:
     from .train import train_model
 
-    tcfg = TrainConfig(epochs=a.epochs, max_rows=a.max_rows, seed=a.seed, map=a.map)
+    tcfg = TrainConfig(epochs=a.epochs, max_rows=a.max_rows, seed=a.seed, map=a.map, batch_size=a.batch_size)
     history = train_model(a.corpus, a.out, ModelConfig(), tcfg, device=a.device, resume=a.resume,
                           overwrite=a.overwrite, progress=not a.no_progress)
     best = history.get("best_validation")
@@ -152,6 +169,19 @@ def _cmd_evaluate(a) -> int:
     return 0
 
 
+def _cmd_frontier(a) -> int:
+    from .frontier import format_frontier, frontier_report, write_frontier
+    from .io import load_checkpoint
+
+    ckpt = load_checkpoint(a.model)
+    report = frontier_report(ckpt, a.corpus, fit_corpus=a.fit_corpus, scales=a.scales, max_prompts=a.max_prompts,
+                             paths=a.paths, tokens=a.tokens, seed=a.seed, lengths=a.lengths, max_rows=a.max_rows)
+    if a.save:
+        write_frontier(ckpt.folder, report)
+    print(json.dumps(report, indent=2) if a.format == "json" else format_frontier(report))
+    return 0
+
+
 def _cmd_info(a) -> int:
     from .io import load_checkpoint
     from .model import parameter_count
@@ -186,7 +216,8 @@ def _cmd_info(a) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
-    handler = {"train": _cmd_train, "sample": _cmd_sample, "evaluate": _cmd_evaluate, "info": _cmd_info}[args.command]
+    handler = {"train": _cmd_train, "sample": _cmd_sample, "evaluate": _cmd_evaluate, "frontier": _cmd_frontier,
+               "info": _cmd_info}[args.command]
     try:
         return handler(args)
     except (ValueError, FileNotFoundError) as exc:

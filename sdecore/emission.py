@@ -66,15 +66,20 @@ class GaussianEmission(nn.Module):
 
     @torch.no_grad()
     def decode(
-        self, x: torch.Tensor, temperature: float = 0.0, generator: torch.Generator | None = None
+        self, x: torch.Tensor, temperature: float = 0.0, generator: torch.Generator | None = None,
+        exclude: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids emitted at states ``x`` (batch, dim) and their probabilities.
 
         ``temperature == 0`` takes the most likely token (deterministic given a path);
-        otherwise a token is sampled from ``softmax(logits / temperature)``.
+        otherwise a token is sampled from ``softmax(logits / temperature)``. ``exclude``
+        (batch,) names one id per row that may not be emitted (the token a path is on).
         Returns ids (batch,) and p(id | x) under the untempered emission (batch,).
         """
-        logp = torch.log_softmax(self.state_logits(x), dim=-1)
+        logits = self.state_logits(x)
+        if exclude is not None:
+            logits = logits.scatter(-1, exclude[:, None], float("-inf"))
+        logp = torch.log_softmax(logits, dim=-1)
         if temperature <= 0:
             ids = logp.argmax(dim=-1)
         else:

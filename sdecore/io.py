@@ -1,7 +1,7 @@
 """Checkpoint folder: read and write, atomically, with nothing unpickled.
 
     config.json              format version, model config, embedder name + fingerprint, credit
-    weights.safetensors      the best epoch by validation loss
+    weights.safetensors      the best epoch by validation loss (float16: inference only)
     train_state.safetensors  the last epoch's weights and optimizer (for --resume)
     history.json             per-epoch losses and the reference losses
     report.json              held-out metrics on the validation split
@@ -36,6 +36,9 @@ def _atomic(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the checkpoint from other users
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -63,8 +66,12 @@ def read_json(path: Path) -> dict:
                          "the checkpoint is corrupt: retrain it with `sdecore train`") from None
 
 
-def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
+                  dtype: torch.dtype | None = None) -> None:
+    """Save tensors with safetensors; ``dtype`` casts the floating-point ones (e.g. float16
+    for inference weights, half the size; loading casts them back into float32 parameters)."""
+    tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
+               for k, v in tensors.items()}
     _atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 

@@ -198,7 +198,8 @@ def _train(corpus, out: Path, mcfg: ModelConfig, tcfg: TrainConfig, dev: torch.d
     log.info("training on %d transitions (%d validation) on %s, world size %d",
              len(train_data), len(val_data), dev, dist_info.world)
 
-    net = DistributedDataParallel(model) if dist_info.enabled else model
+    # The buffers (embedding table, standardisation) are constants: no need to broadcast them.
+    net = DistributedDataParallel(model, forward_sync_buffers=False) if dist_info.enabled else model
     best = min((e["validation"]["total"] for e in history["epochs"]), default=math.inf)
     epochs = range(start_epoch, tcfg.epochs)
     bar = tqdm(epochs, desc="epochs", disable=not (progress and dist_info.is_main), initial=start_epoch,
@@ -213,7 +214,7 @@ def _train(corpus, out: Path, mcfg: ModelConfig, tcfg: TrainConfig, dev: torch.d
         if dist_info.is_main:
             if val_losses["total"] < best:
                 best = val_losses["total"]
-                io.write_tensors(out / io.WEIGHTS, model.state_dict())
+                io.write_tensors(out / io.WEIGHTS, model.state_dict(), dtype=torch.float16)
             _save_train_state(out / io.TRAIN_STATE, model, opt, epoch + 1)
             io.write_json(out / io.HISTORY, history)
         bar.set_postfix(val_total=f"{val_losses['total']:.3f}", val_ppl=f"{val_losses['token_ppl']:.0f}")

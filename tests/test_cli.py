@@ -116,3 +116,22 @@ def test_real_process_exit_status(tmp_path):
     r = subprocess.run([sys.executable, "-m", "sdecore", "sample", "--prompt", " ", "--model", str(tmp_path)],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_frontier_command_saves_for_the_dashboard(tiny_ckpt, tmp_path, capsys):
+    import shutil
+
+    ck = tmp_path / "ck"
+    shutil.copytree(tiny_ckpt, ck)
+    argv = ["frontier", "--corpus", str(TINY_CORPUS), "--model", str(ck), "--scales", "0", "1", "--max-prompts", "2",
+            "--paths", "2", "--tokens", "6", "--lengths", "8", "--format", "json", "--save"]
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    rows = json.loads(out)["rows"]
+    assert {r["generator"] for r in rows} == {"sde", "bigram"}
+    assert json.loads((ck / "frontier.json").read_text())["rows"] == rows
+
+
+def test_frontier_bad_scale_exits_2(tiny_ckpt, capsys):
+    code, _, err = run(["frontier", "--corpus", str(TINY_CORPUS), "--model", str(tiny_ckpt), "--scales", "-1"], capsys)
+    assert code == 2 and "--scales" in err and len(err.strip().splitlines()) == 1

@@ -120,3 +120,9 @@ def test_bad_arguments_raise_value_error(tiny_model, kw, msg):
 def test_empty_prompt(tiny_model):
     with pytest.raises(ValueError, match="prompt is empty"):
         simulate_paths(tiny_model.model, tiny_model.embedder, "   ")
+
+
+def test_a_token_never_follows_itself(tiny_model):
+    r = _sim(tiny_model, diffusion_scale=0.0, paths=2, tokens=12)
+    ids = torch.cat([torch.full((2, 1), r.prompt_ids[-1]), r.token_ids], dim=1)
+    assert not (ids[:, 1:] == ids[:, :-1]).any()

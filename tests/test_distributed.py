@@ -1,0 +1,28 @@
+"""Training on two processes through torchrun (PyTorch DDP, gloo on the CPU)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, TINY_CORPUS
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "sdecore", "train", "--corpus", str(TINY_CORPUS), "--out", str(out), "--epochs", "2",
+           "--batch-size", "64", "--no-progress"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                       env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    hist = json.loads((out / "history.json").read_text())
+    assert len(hist["epochs"]) == 2 and "references" in hist
+    # each process took half of the batches: the history is written once, by rank 0
+    assert r.stdout.count("wrote ") == 1
+
+    from sdecore import load_checkpoint
+
+    ck = load_checkpoint(out)
+    assert ck.history["best_epoch"] in (1, 2)
