@@ -61,7 +61,9 @@ def test_brownian_and_ar1_predictions_have_the_closed_form(tiny_model):
     assert torch.allclose(a, a_true, atol=0.03) and torch.allclose(b, torch.full((d,), 0.3), atol=0.03)
     ar1 = predict_steps(tiny_model.model, data, "ar1", data)
     # in-sample residual variance: sigma^2 (n - p) / n with p = d + 1 fitted coefficients
-    assert torch.allclose(ar1.var, torch.full((d,), 0.01 * (n - d - 1) / n), rtol=0.08)
+    expected = 0.01 * (n - d - 1) / n
+    assert abs(float(ar1.var.mean()) / expected - 1) < 0.02  # per dimension the estimate's own noise is ~2%
+    assert torch.allclose(ar1.var, torch.full((d,), expected), rtol=0.15)
     br = predict_steps(tiny_model.model, data, "brownian", data)
     assert torch.equal(br.mean, x) and torch.allclose(br.var, (x_next - x).pow(2).mean(0))
 
