@@ -2,7 +2,7 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import TINY_CORPUS
+from conftest import HELPSTEER_DEV, TINY_CORPUS, needs_helpsteer
 
 from sdecore.data import corpus_texts, load_corpus, split_by_prompt
 
@@ -73,3 +73,14 @@ def test_texts_optionally_add_each_prompt_once():
     df = load_corpus(TINY_CORPUS)
     assert len(corpus_texts(df)) == len(df)
     assert len(corpus_texts(df, include_prompts=True)) == len(df) + df["prompt"].nunique()
+
+
+@needs_helpsteer
+def test_the_shared_helpsteer_rows_load_and_split_by_prompt():
+    df = load_corpus(HELPSTEER_DEV)
+    assert len(df) == 399 and df["prompt"].nunique() == 111
+    assert {"helpfulness", "correctness", "coherence", "complexity", "verbosity"} <= set(df.columns)
+    split = split_by_prompt(df, 0.2)
+    val = split.validation["prompt"].nunique()
+    assert not set(split.train["prompt"]) & set(split.validation["prompt"])
+    assert 10 <= val <= 35  # about a fifth of the prompts
