@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", choices=["validation", "all"], default="validation")
     e.add_argument("--fit-corpus", default=None, help="corpus whose train split fits the baselines (default: --corpus)")
     e.add_argument("--max-rows", type=_at_least(1, "an integer of at least 1"), default=None)
+    e.add_argument("--save", action="store_true", help="also write report.json into the model folder (the dashboard "
+                   "reads it; train writes the validation report there already)")
     e.add_argument("--format", choices=["text", "json"], default="text")
 
     f = sub.add_parser("frontier", help="relevance, diversity and closeness of generated text as the scale sweeps")
@@ -161,10 +163,12 @@ def _cmd_sample(a) -> int:
 
 def _cmd_evaluate(a) -> int:
     from .evaluate import evaluate_checkpoint, format_report
-    from .io import load_checkpoint
+    from .io import REPORT, load_checkpoint, write_json
 
-    report = evaluate_checkpoint(load_checkpoint(a.model), a.corpus, split=a.split, fit_corpus=a.fit_corpus,
-                                 max_rows=a.max_rows)
+    ckpt = load_checkpoint(a.model)
+    report = evaluate_checkpoint(ckpt, a.corpus, split=a.split, fit_corpus=a.fit_corpus, max_rows=a.max_rows)
+    if a.save:
+        write_json(ckpt.folder / REPORT, report)
     print(json.dumps(report, indent=2) if a.format == "json" else format_report(report))
     return 0
 

@@ -68,11 +68,16 @@ def test_brownian_and_ar1_predictions_have_the_closed_form(tiny_model):
     assert torch.equal(br.mean, x) and torch.allclose(br.var, (x_next - x).pow(2).mean(0))
 
 
-def test_cli_json(tiny_ckpt, capsys):
-    assert main(["evaluate", "--corpus", str(TINY_CORPUS), "--model", str(tiny_ckpt), "--format", "json",
-                 "--max-rows", "12"]) == 0
+def test_cli_json_and_save(tiny_ckpt, capsys, tmp_path):
+    import shutil
+
+    ck = tmp_path / "ck"
+    shutil.copytree(tiny_ckpt, ck)
+    assert main(["evaluate", "--corpus", str(TINY_CORPUS), "--model", str(ck), "--format", "json",
+                 "--max-rows", "12", "--split", "all", "--save"]) == 0
     obj = json.loads(capsys.readouterr().out)
     assert {"corpus", "n_transitions", "models"} <= set(obj) and set(obj["models"]) == set(MODEL_NAMES)
+    assert json.loads((ck / "report.json").read_text()) == obj
 
 
 def test_cli_bad_corpus(tiny_ckpt, capsys, tmp_path):

@@ -13,8 +13,9 @@ st.markdown(
 ck, folder, stamp = state.require_checkpoint()
 files = state.evaluation_files(folder, stamp)
 report, frontier = files["report"], files["frontier"]
-HOW = (f"run `python -m sdecore evaluate --corpus ../shared/data/helpsteer_dev.jsonl --model {folder}`, "
-       "which writes `report.json` and `frontier.json` into the model folder, then reload this page.")
+HOW = (f"run `python -m sdecore evaluate --corpus ../shared/data/helpsteer_dev.jsonl --model {folder} --save` "
+       f"(writes `report.json`) and `python -m sdecore frontier --corpus ../shared/data/helpsteer_dev.jsonl "
+       f"--model {folder} --save` (writes `frontier.json`), then reload this page.")
 
 if report is None and frontier is None:
     st.info(f"**Not computed yet:** this model folder has no evaluation files. To compute them, {HOW}")
