@@ -39,13 +39,21 @@ def metrics_chart(frame: pd.DataFrame) -> go.Figure:
                         horizontal_spacing=0.12)
     colors = [_color(n) for n in frame["model"]]
     fig.add_trace(go.Bar(x=frame["model"], y=frame["token_ppl"], marker_color=colors, name="token perplexity",
+                         text=frame["token_ppl"], texttemplate="%{text:,.0f}", textposition="outside",
                          showlegend=False, hovertemplate="%{x}: perplexity %{y:,.1f}<extra></extra>"), row=1, col=1)
     for metric, pattern in (("top1", ""), ("top10", "/")):
         fig.add_trace(go.Bar(x=frame["model"], y=frame[metric], name=metric, marker_color=colors, showlegend=False,
                              marker_pattern_shape=pattern, hovertemplate=f"%{{x}}: {metric} %{{y:.3f}}<extra></extra>"),
                       row=1, col=2)
     style(fig, "Held-out next-token metrics against baselines", "model", "")
-    fig.update_yaxes(title_text="perplexity (tokens, log scale)", type="log", dtick=1, row=1, col=1)
+    ppl = pd.to_numeric(frame["token_ppl"], errors="coerce").replace([np.inf, -np.inf], np.nan).dropna()
+    # A linear axis from 0 reads plainly when the models are within an order of magnitude;
+    # a log axis only when they are not (a badly fitted model can be at 1e60).
+    if len(ppl) and ppl.max() / max(ppl.min(), 1e-9) > 20:
+        fig.update_yaxes(title_text="perplexity (tokens, log scale)", type="log", dtick=1, row=1, col=1)
+    else:
+        top = float(ppl.max()) * 1.15 if len(ppl) else 1.0
+        fig.update_yaxes(title_text="perplexity (tokens)", range=[0, top], row=1, col=1)
     fig.update_yaxes(title_text="accuracy (share of transitions)", range=[0, 1], row=1, col=2)
     fig.update_xaxes(title_text="model")
     fig.update_layout(barmode="group")
