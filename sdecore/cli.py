@@ -228,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = " ".join(str(exc).split())
         print(f"sdecore {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a path the user named cannot be read or written (permissions, a full disk, ...)
+        print(f"sdecore {args.command}: error: {exc.strerror or exc} ({exc.filename or 'a file'})", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"sdecore {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -117,6 +117,8 @@ def load_checkpoint(folder: str | Path | None = None, device: str | torch.device
     corrupt or mismatched one, with a message that says how to fix it.
     """
     folder = Path(folder) if folder is not None else DEFAULT_MODEL_DIR
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--model {folder} is a file; give the checkpoint folder that holds config.json")
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder {folder} does not exist; train one with `sdecore train --out {folder}`")
     cfg = read_json(folder / CONFIG)

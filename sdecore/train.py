@@ -121,6 +121,8 @@ def _load_train_state(path: Path, model: TextSDE, opt: torch.optim.Optimizer) ->
 
 
 def _check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder; name a folder for the checkpoint")
     has_ckpt = (out / io.CONFIG).exists() or (out / io.WEIGHTS).exists()
     if resume:
         if not (out / io.TRAIN_STATE).is_file():

@@ -62,6 +62,7 @@ BAD_SAMPLE = [
     (["--prompt", "x", "--temperature", "-1"], "--temperature"),
     (["--prompt", "x", "--format", "xml"], "--format"),
     (["--prompt", "x", "--model", "/no/such/folder"], "does not exist"),
+    (["--prompt", "x", "--model", str(TINY_CORPUS)], "is a file"),
 ]
 
 
@@ -77,6 +78,8 @@ def test_bad_sample_input_exits_2_with_one_line(tiny_ckpt, capsys, args, needle)
 def test_bad_train_input_exits_2(tmp_path, capsys, tiny_ckpt):
     bad_cols = tmp_path / "bad.csv"
     bad_cols.write_text("question,answer\nq,a\n")
+    bad_json = tmp_path / "bad.jsonl"
+    bad_json.write_text('{"prompt": "a", "response": "b c"}\n{not json\n')
     cases = [
         (["--corpus", "missing.jsonl", "--out", str(tmp_path / "o")], "does not exist"),
         (["--corpus", str(bad_cols), "--out", str(tmp_path / "o")], "lacks column"),
@@ -87,6 +90,8 @@ def test_bad_train_input_exits_2(tmp_path, capsys, tiny_ckpt):
         (["--corpus", str(TINY_CORPUS), "--out", str(tmp_path / "o"), "--device", "tpu"], "--device"),
         (["--corpus", str(TINY_CORPUS), "--out", str(tmp_path / "o"), "--resume"], "cannot resume"),
         (["--corpus", str(TINY_CORPUS), "--out", str(tiny_ckpt)], "already holds a checkpoint"),
+        (["--corpus", str(TINY_CORPUS), "--out", str(TINY_CORPUS)], "is a file"),
+        (["--corpus", str(bad_json), "--out", str(tmp_path / "o")], "cannot read corpus"),
     ]
     for args, needle in cases:
         code, out, err = run(["train", *args, "--no-progress"], capsys)
