@@ -83,6 +83,7 @@ class GaussianEmission(nn.Module):
         if temperature <= 0:
             ids = logp.argmax(dim=-1)
         else:
-            probs = torch.softmax(logp / temperature, dim=-1)
+            # max-shifted, so a tiny temperature cannot overflow every logit to -inf
+            probs = torch.softmax((logp - logp.amax(-1, keepdim=True)) / temperature, dim=-1)
             ids = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
         return ids, logp.gather(-1, ids[:, None]).squeeze(-1).exp()

@@ -173,7 +173,8 @@ def evaluate_checkpoint(ckpt: Checkpoint, corpus: str | Path, split: str = "vali
     fit_src = fit_corpus if fit_corpus is not None else corpus
     fit_df = split_by_prompt(load_corpus(fit_src, max_rows), val_fraction).train
     if fit_df.empty:
-        raise ValueError(f"the fit corpus {fit_src} has no train rows")
+        raise ValueError(f"the fit corpus {fit_src} has no train rows (it needs two or more prompts); "
+                         "name another with --fit-corpus")
 
     include_prompts = ckpt.history.get("train_config", {}).get("include_prompts", True)
     eval_seqs, eval_firsts = encode_rows(emb, eval_df, training=False)

@@ -38,14 +38,13 @@ from .baselines import KneserNeyBigramLM
 from .config import DATA_CREDIT, LIMITS, MAX_PROMPT_TOKENS, TrainConfig, check_range
 from .data import load_corpus, split_by_prompt
 from .embedding import Embedder
-from .io import Checkpoint, write_json
+from .io import FRONTIER, Checkpoint, write_json
 from .simulate import simulate_paths
 from .textquality import bleu, distinct_n, relevance_scores, rouge_l, self_bleu
 from .transitions import encode_rows, training_tokens
 
 log = logging.getLogger(__name__)
 
-FRONTIER = "frontier.json"
 DEFAULT_SCALES = (0.0, 0.25, 0.5, 1.0, 2.0)
 LENGTH_SCALE = 0.5
 OOD_SCALES = (0.5, 1.0)

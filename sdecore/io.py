@@ -24,8 +24,8 @@ from .config import DATA_CREDIT, FORMAT_VERSION, ModelConfig
 from .embedding import Embedder
 from .model import TextSDE
 
-CONFIG, WEIGHTS, TRAIN_STATE, HISTORY, REPORT = (
-    "config.json", "weights.safetensors", "train_state.safetensors", "history.json", "report.json")
+CONFIG, WEIGHTS, TRAIN_STATE, HISTORY, REPORT, FRONTIER = (
+    "config.json", "weights.safetensors", "train_state.safetensors", "history.json", "report.json", "frontier.json")
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "model"
 
 

@@ -129,6 +129,8 @@ def simulate_paths(
         raise ValueError(f"--solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"--seed must be a non-negative integer, got {seed!r}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"--temperature must be a finite number of at least 0, got {temperature}")
     prompt_ids = check_prompt(embedder, prompt)
 
     model.eval()

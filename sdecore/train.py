@@ -25,6 +25,7 @@ from .config import ModelConfig, TrainConfig
 from .data import load_corpus, split_by_prompt
 from .embedding import Embedder
 from .model import TextSDE
+from .projection import MAP_META, MAP_TENSORS
 from .runtime import Dist, init_distributed, resolve_device, shutdown_distributed
 from .transitions import Transitions, build_transitions, encode_rows, training_tokens
 
@@ -194,7 +195,8 @@ def _train(corpus, out: Path, mcfg: ModelConfig, tcfg: TrainConfig, dev: torch.d
             "val_prompts": int(split.validation["prompt"].nunique()), "epochs": [],
         }
         if dist_info.is_main:
-            for name in (io.WEIGHTS, io.TRAIN_STATE, io.HISTORY, io.REPORT):
+            # Everything derived from an earlier model goes, so nothing stale is shown beside the new one.
+            for name in (io.WEIGHTS, io.TRAIN_STATE, io.HISTORY, io.REPORT, io.FRONTIER, MAP_TENSORS, MAP_META):
                 (out / name).unlink(missing_ok=True)
             io.write_json(out / io.CONFIG, io.checkpoint_config(mcfg, embedder))
     log.info("training on %d transitions (%d validation) on %s, world size %d",

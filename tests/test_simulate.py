@@ -110,7 +110,7 @@ def test_long_prompts_are_cut_with_a_warning(embedder, caplog):
 @pytest.mark.parametrize("kw,msg", [
     ({"paths": 0}, "--paths"), ({"tokens": 513}, "--tokens"), ({"diffusion_scale": float("nan")}, "finite"),
     ({"diffusion_scale": 10.5}, "--diffusion-scale"), ({"substeps": 65}, "--substeps"),
-    ({"solver": "rk4"}, "--solver"), ({"seed": -1}, "--seed"),
+    ({"solver": "rk4"}, "--solver"), ({"seed": -1}, "--seed"), ({"temperature": float("nan")}, "--temperature"),
 ])
 def test_bad_arguments_raise_value_error(tiny_model, kw, msg):
     with pytest.raises(ValueError, match=msg):
@@ -126,3 +126,9 @@ def test_a_token_never_follows_itself(tiny_model):
     r = _sim(tiny_model, diffusion_scale=0.0, paths=2, tokens=12)
     ids = torch.cat([torch.full((2, 1), r.prompt_ids[-1]), r.token_ids], dim=1)
     assert not (ids[:, 1:] == ids[:, :-1]).any()
+
+
+def test_a_tiny_temperature_samples_like_greedy(tiny_model):
+    greedy = _sim(tiny_model, tokens=4)
+    tiny = _sim(tiny_model, tokens=4, temperature=1e-30)
+    assert torch.equal(greedy.token_ids, tiny.token_ids)

@@ -118,3 +118,16 @@ def test_damaged_checkpoints_are_refused(tiny_ckpt, tmp_path, embedder, damage):
         (ck / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError):
         load_checkpoint(ck, embedder=embedder)
+
+
+def test_overwrite_leaves_nothing_from_the_old_model(tiny_ckpt, tmp_path):
+    import shutil
+
+    ck = tmp_path / "ck"
+    shutil.copytree(tiny_ckpt, ck)
+    (ck / "frontier.json").write_text("{}")
+    train_model(TINY_CORPUS, ck, SMALL, TrainConfig(epochs=1, batch_size=64, map="none", report=False),
+                device="cpu", progress=False, overwrite=True)
+    for stale in ("map.json", "map.safetensors", "frontier.json", "report.json"):
+        assert not (ck / stale).exists(), stale
+    assert len(json.loads((ck / "history.json").read_text())["epochs"]) == 1
