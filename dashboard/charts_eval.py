@@ -8,10 +8,11 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from sdecore.evaluate import METRICS
+
 from .charts import BOUND_COLOR, MUTED, PALETTE, style
 
 MODEL_ORDER = ("sde", "drift_only", "brownian", "ar1", "bigram", "unigram")
-METRICS = ("token_ppl", "increment_nll", "top1", "top10", "coverage90")
 
 
 def models_frame(models: dict) -> pd.DataFrame:

@@ -149,9 +149,10 @@ def _summary(stats: dict[str, torch.Tensor], mask: torch.Tensor | None = None) -
     def pick(a):
         return (a if mask is None else a[mask])
     nll = float(pick(stats["nll"]).mean())
-    out = {"token_ppl": math.exp(nll) if nll < 700 else math.inf,
-           "increment_nll": None, "top1": float(pick(stats["top1"]).double().mean()),
-           "top10": float(pick(stats["top10"]).double().mean()), "coverage90": None}
+    out = dict.fromkeys(METRICS)
+    out["token_ppl"] = math.exp(nll) if nll < 700 else math.inf
+    for k in ("top1", "top10"):
+        out[k] = float(pick(stats[k]).double().mean())
     for k in ("increment_nll", "coverage90"):
         if k in stats:
             out[k] = float(pick(stats[k]).mean())

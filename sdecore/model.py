@@ -82,9 +82,6 @@ class TextSDE(nn.Module):
     def dim(self) -> int:
         return self.config.dim
 
-    def standardise(self, raw: torch.Tensor) -> torch.Tensor:
-        return (raw - self.emb_mean) / self.emb_std
-
     def token_states(self, ids: torch.Tensor) -> torch.Tensor:
         """Standardised embeddings of token ids: (...,) -> (..., dim)."""
         return self.emission.table[ids]

@@ -45,10 +45,6 @@ class Transitions:
         return tuple(a[idx].to(device, non_blocking=True) for a in (self.x, self.h, self.t, self.x_next, self.v_next))
 
 
-def encode_texts(embedder: Embedder, texts: list[str]) -> list[list[int]]:
-    return [embedder.encode(t) for t in texts]
-
-
 def encode_rows(embedder: Embedder, df: pd.DataFrame, training: bool,
                 include_prompts: bool = False) -> tuple[list[list[int]], list[int]]:
     """Token sequences ``prompt + response`` of each row (the prompt cut to its last
