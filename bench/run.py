@@ -99,7 +99,7 @@ def bench_map(ckpt, n: int) -> dict:
     import numpy as np
     import umap
 
-    from sdecore.projection import UMAPMap
+    from sdecore.refmap import UMAPMap
 
     table = ckpt.model.emission.table[ckpt.model.emission.support_mask]
     idx = torch.randperm(table.shape[0], generator=torch.Generator().manual_seed(0))[: 2 * n]

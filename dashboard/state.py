@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 import sdecore  # noqa: E402
 from sdecore import analysis, processes  # noqa: E402
-from sdecore.projection import PCAMap, load_reference_map  # noqa: E402
+from sdecore.refmap import PCAMap, load_reference_map  # noqa: E402
 
 try:
     from threadpoolctl import threadpool_limits

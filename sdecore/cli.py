@@ -139,7 +139,7 @@ def _cmd_train(a) -> int:
 def _cmd_sample(a) -> int:
     import math
 
-    from .io import load_checkpoint
+    from .checkpoint import load_checkpoint
     from .runtime import resolve_device
     from .simulate import path_texts, simulate_paths
 
@@ -163,7 +163,7 @@ def _cmd_sample(a) -> int:
 
 def _cmd_evaluate(a) -> int:
     from .evaluate import evaluate_checkpoint, format_report
-    from .io import REPORT, load_checkpoint, write_json
+    from .checkpoint import REPORT, load_checkpoint, write_json
 
     ckpt = load_checkpoint(a.model)
     report = evaluate_checkpoint(ckpt, a.corpus, split=a.split, fit_corpus=a.fit_corpus, max_rows=a.max_rows)
@@ -175,7 +175,7 @@ def _cmd_evaluate(a) -> int:
 
 def _cmd_frontier(a) -> int:
     from .frontier import format_frontier, frontier_report, write_frontier
-    from .io import load_checkpoint
+    from .checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(a.model)
     report = frontier_report(ckpt, a.corpus, fit_corpus=a.fit_corpus, scales=a.scales, max_prompts=a.max_prompts,
@@ -187,7 +187,7 @@ def _cmd_frontier(a) -> int:
 
 
 def _cmd_info(a) -> int:
-    from .io import load_checkpoint
+    from .checkpoint import load_checkpoint
     from .model import parameter_count
     from .runtime import resolve_device
 

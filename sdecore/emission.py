@@ -87,3 +87,14 @@ class GaussianEmission(nn.Module):
             probs = torch.softmax((logp - logp.amax(-1, keepdim=True)) / temperature, dim=-1)
             ids = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
         return ids, logp.gather(-1, ids[:, None]).squeeze(-1).exp()
+
+    @torch.no_grad()
+    def nearest_tokens(self, points: torch.Tensor) -> torch.Tensor:
+        """The emittable token nearest (Euclidean, standardised space) to each of ``points``
+        (n, dim): ids (n,), -1 for a row that is not finite (a stopped path)."""
+        points = torch.as_tensor(points, dtype=torch.float32, device=self.table.device)
+        ok = torch.isfinite(points).all(-1)
+        p = torch.nan_to_num(points, nan=0.0, posinf=0.0, neginf=0.0)
+        d2 = self.table_sq.sum(-1)[None, :] - 2 * p @ self.table.T  # |E_v - p|^2 less the constant |p|^2
+        ids = d2.masked_fill(~self.support_mask[None, :], float("inf")).argmin(-1)
+        return torch.where(ok, ids, torch.full_like(ids, -1))

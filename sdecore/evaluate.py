@@ -32,7 +32,7 @@ from .baselines import KneserNeyBigramLM, UnigramLM, row_stats
 from .config import DATA_CREDIT, TrainConfig
 from .data import load_corpus, split_by_prompt
 from .emission import GaussianEmission
-from .io import Checkpoint
+from .checkpoint import Checkpoint
 from .model import TextSDE
 from .train import unigram_log_prior
 from .transitions import Transitions, build_transitions, encode_rows, training_tokens

@@ -20,12 +20,12 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from . import io, losses
+from . import checkpoint as ckio, losses
 from .config import ModelConfig, TrainConfig
 from .data import load_corpus, split_by_prompt
 from .embedding import Embedder
 from .model import TextSDE
-from .projection import MAP_META, MAP_TENSORS
+from .refmap import MAP_META, MAP_TENSORS
 from .runtime import Dist, init_distributed, resolve_device, shutdown_distributed
 from .transitions import Transitions, build_transitions, encode_rows, training_tokens
 
@@ -102,13 +102,13 @@ def _save_train_state(path: Path, model: TextSDE, opt: torch.optim.Optimizer, ep
         for k, v in st.items():
             tensors[f"optim.{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
     meta = {"epoch": str(epoch), "param_groups": json.dumps(sd["param_groups"])}
-    io.write_tensors(path, tensors, metadata=meta)
+    ckio.write_tensors(path, tensors, metadata=meta)
 
 
 def _load_train_state(path: Path, model: TextSDE, opt: torch.optim.Optimizer) -> int:
     from safetensors import safe_open
 
-    tensors = io.read_tensors(path)
+    tensors = ckio.read_tensors(path)
     with safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata() or {}
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
@@ -124,10 +124,10 @@ def _load_train_state(path: Path, model: TextSDE, opt: torch.optim.Optimizer) ->
 def _check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder; name a folder for the checkpoint")
-    has_ckpt = (out / io.CONFIG).exists() or (out / io.WEIGHTS).exists()
+    has_ckpt = (out / ckio.CONFIG).exists() or (out / ckio.WEIGHTS).exists()
     if resume:
-        if not (out / io.TRAIN_STATE).is_file():
-            raise FileNotFoundError(f"cannot resume: {out / io.TRAIN_STATE} does not exist; train without --resume")
+        if not (out / ckio.TRAIN_STATE).is_file():
+            raise FileNotFoundError(f"cannot resume: {out / ckio.TRAIN_STATE} does not exist; train without --resume")
     elif has_ckpt and not overwrite:
         raise ValueError(f"{out} already holds a checkpoint; pass --resume to continue it or --overwrite to replace it")
 
@@ -162,9 +162,9 @@ def train_model(
 def _train(corpus, out: Path, mcfg: ModelConfig, tcfg: TrainConfig, dev: torch.device, dist_info: Dist,
            resume: bool, progress: bool, on_epoch) -> dict:
     if resume:
-        saved = io.read_json(out / io.CONFIG)
+        saved = ckio.read_json(out / ckio.CONFIG)
         mcfg = ModelConfig.from_dict(saved["model"])
-        history = io.read_json(out / io.HISTORY)
+        history = ckio.read_json(out / ckio.HISTORY)
     df = load_corpus(corpus, tcfg.max_rows)
     split = split_by_prompt(df, tcfg.val_fraction)
     if split.validation.empty or split.train.empty:
@@ -184,7 +184,7 @@ def _train(corpus, out: Path, mcfg: ModelConfig, tcfg: TrainConfig, dev: torch.d
     opt = _optimizer(model, tcfg)
     start_epoch = 0
     if resume:
-        start_epoch = _load_train_state(out / io.TRAIN_STATE, model, opt)
+        start_epoch = _load_train_state(out / ckio.TRAIN_STATE, model, opt)
         if start_epoch >= tcfg.epochs:
             raise ValueError(f"{out} has already trained {start_epoch} epochs; ask for more with --epochs")
     else:
@@ -196,9 +196,9 @@ def _train(corpus, out: Path, mcfg: ModelConfig, tcfg: TrainConfig, dev: torch.d
         }
         if dist_info.is_main:
             # Everything derived from an earlier model goes, so nothing stale is shown beside the new one.
-            for name in (io.WEIGHTS, io.TRAIN_STATE, io.HISTORY, io.REPORT, io.FRONTIER, MAP_TENSORS, MAP_META):
+            for name in (ckio.WEIGHTS, ckio.TRAIN_STATE, ckio.HISTORY, ckio.REPORT, ckio.FRONTIER, MAP_TENSORS, MAP_META):
                 (out / name).unlink(missing_ok=True)
-            io.write_json(out / io.CONFIG, io.checkpoint_config(mcfg, embedder))
+            ckio.write_json(out / ckio.CONFIG, ckio.checkpoint_config(mcfg, embedder))
     log.info("training on %d transitions (%d validation) on %s, world size %d",
              len(train_data), len(val_data), dev, dist_info.world)
 
@@ -218,9 +218,9 @@ def _train(corpus, out: Path, mcfg: ModelConfig, tcfg: TrainConfig, dev: torch.d
         if dist_info.is_main:
             if val_losses["total"] < best:
                 best = val_losses["total"]
-                io.write_tensors(out / io.WEIGHTS, model.state_dict(), dtype=torch.float16)
-            _save_train_state(out / io.TRAIN_STATE, model, opt, epoch + 1)
-            io.write_json(out / io.HISTORY, history)
+                ckio.write_tensors(out / ckio.WEIGHTS, model.state_dict(), dtype=torch.float16)
+            _save_train_state(out / ckio.TRAIN_STATE, model, opt, epoch + 1)
+            ckio.write_json(out / ckio.HISTORY, history)
         bar.set_postfix(val_total=f"{val_losses['total']:.3f}", val_ppl=f"{val_losses['token_ppl']:.0f}")
         log.info("epoch %d: train %s | validation %s", epoch + 1, _fmt(train_losses), _fmt(val_losses))
         if on_epoch is not None:
@@ -292,19 +292,19 @@ def _finish(out: Path, model: TextSDE, history: dict, train_data: Transitions, v
             dev: torch.device, tcfg: TrainConfig, train_seqs: list[list[int]], corpus, embedder: Embedder,
             history_prompts: list[str]) -> None:
     """Reload the best epoch, add the reference losses, and write history and map."""
-    model.load_state_dict(io.read_tensors(out / io.WEIGHTS))
+    model.load_state_dict(ckio.read_tensors(out / ckio.WEIGHTS))
     best = min(history["epochs"], key=lambda e: e["validation"]["total"])
     history["best_epoch"] = best["epoch"]
     history["best_validation"] = best["validation"]
     history["references"] = reference_losses(model, train_data, val_data, dev)
-    io.write_json(out / io.HISTORY, history)
+    ckio.write_json(out / ckio.HISTORY, history)
     if tcfg.report:
         from .evaluate import evaluate_checkpoint
 
-        ckpt = io.load_checkpoint(out, device="cpu", embedder=embedder)
-        io.write_json(out / io.REPORT, evaluate_checkpoint(ckpt, corpus, "validation", max_rows=tcfg.max_rows))
+        ckpt = ckio.load_checkpoint(out, device="cpu", embedder=embedder)
+        ckio.write_json(out / ckio.REPORT, evaluate_checkpoint(ckpt, corpus, "validation", max_rows=tcfg.max_rows))
     if tcfg.map != "none":
-        from .projection import fit_reference_map
+        from .refmap import fit_reference_map
 
         prompts = list(dict.fromkeys(history_prompts))
         fit_reference_map(model.cpu(), embedder, train_seqs, prompts, kind=tcfg.map, seed=tcfg.seed).save(out)

@@ -9,7 +9,7 @@ from conftest import TINY_CORPUS
 
 from sdecore import ModelConfig, TrainConfig, load_checkpoint, train_model
 from sdecore.data import load_corpus, split_by_prompt
-from sdecore.io import read_tensors
+from sdecore.checkpoint import read_tensors
 from sdecore.model import TextSDE
 from sdecore.train import evaluate_losses, unigram_log_prior
 from sdecore.transitions import build_transitions, encode_rows, training_tokens

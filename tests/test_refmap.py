@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from sdecore.projection import PCAMap, UMAPMap, load_reference_map
+from sdecore.refmap import PCAMap, UMAPMap, load_reference_map
 
 
 def _clusters(n=240, dim=32, seed=0):
@@ -48,7 +48,7 @@ def test_umap_regressor_puts_points_back(tmp_path):
 
 
 def test_map_in_a_checkpoint_holds_only_ids_and_coordinates(tiny_ckpt):
-    from sdecore.io import read_tensors
+    from sdecore.checkpoint import read_tensors
 
     t = read_tensors(tiny_ckpt / "map.safetensors")
     assert set(t) == {"mean", "components", "embedding", "ref_ids"}

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import io
+from . import checkpoint as ckio
 
 MAP_TENSORS, MAP_META = "map.safetensors", "map.json"
 MAP_KINDS = ("none", "pca", "umap")
@@ -57,10 +57,10 @@ class PCAMap:
         return (np.asarray(points, dtype=np.float32) - self.mean_) @ self.components_.T
 
     def save(self, folder: Path) -> None:
-        io.write_tensors(Path(folder) / MAP_TENSORS, {
+        ckio.write_tensors(Path(folder) / MAP_TENSORS, {
             "mean": torch.from_numpy(self.mean_), "components": torch.from_numpy(self.components_),
             "embedding": torch.from_numpy(self.embedding_), "ref_ids": torch.from_numpy(self.ref_ids_)})
-        io.write_json(Path(folder) / MAP_META, {"kind": self.kind, "n_reference": int(len(self.embedding_))})
+        ckio.write_json(Path(folder) / MAP_META, {"kind": self.kind, "n_reference": int(len(self.embedding_))})
 
     @classmethod
     def from_tensors(cls, t: dict[str, torch.Tensor]) -> PCAMap:
@@ -119,8 +119,8 @@ class UMAPMap:
     def save(self, folder: Path) -> None:
         tensors = {f"regressor.{k}": v for k, v in self.regressor_.state_dict().items()}
         tensors.update({"embedding": torch.from_numpy(self.embedding_), "ref_ids": torch.from_numpy(self.ref_ids_)})
-        io.write_tensors(Path(folder) / MAP_TENSORS, tensors)
-        io.write_json(Path(folder) / MAP_META, {"kind": self.kind, "hidden": self.hidden,
+        ckio.write_tensors(Path(folder) / MAP_TENSORS, tensors)
+        ckio.write_json(Path(folder) / MAP_META, {"kind": self.kind, "hidden": self.hidden,
                                                 "n_neighbors": self.n_neighbors, "min_dist": self.min_dist,
                                                 **self.quality_})
 
@@ -197,8 +197,8 @@ def load_reference_map(folder: Path) -> PCAMap | UMAPMap | None:
     folder = Path(folder)
     if not (folder / MAP_META).is_file():
         return None
-    meta = io.read_json(folder / MAP_META)
-    tensors = io.read_tensors(folder / MAP_TENSORS)
+    meta = ckio.read_json(folder / MAP_META)
+    tensors = ckio.read_tensors(folder / MAP_TENSORS)
     if meta.get("kind") == "pca":
         return PCAMap.from_tensors(tensors)
     if meta.get("kind") == "umap":
