@@ -12,11 +12,11 @@ import os
 # process many times over; passive waiting must be set before either is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from .checkpoint import Checkpoint, load_checkpoint  # noqa: E402
 from .config import DATA_CREDIT, FORMAT_VERSION, ModelConfig, TrainConfig  # noqa: E402
 from .data import corpus_texts, load_corpus, split_by_prompt  # noqa: E402
 from .embedding import Embedder  # noqa: E402
 from .emission import GaussianEmission  # noqa: E402
-from .checkpoint import Checkpoint, load_checkpoint  # noqa: E402
 from .model import TextSDE  # noqa: E402
 from .simulate import Paths, path_texts, simulate_paths  # noqa: E402
 from .train import train_model  # noqa: E402

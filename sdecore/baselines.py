@@ -171,6 +171,13 @@ class UnigramLM:
         return cls()._set(support, counts.to("cpu"), alpha)
 
 
+def unigram_log_prior(seqs: list[list[int]], support: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The emission's prior: log-probabilities of the add-alpha :class:`UnigramLM` of ``seqs``,
+    float32 (vocab,), 0 (not -inf) outside the support, where the emission masks anyway."""
+    logp = UnigramLM().fit(seqs, support, alpha=alpha).log_probs_
+    return torch.where(support.cpu(), logp, torch.zeros_like(logp)).to(torch.float32)
+
+
 # --------------------------------------------------------------------------- Kneser-Ney bigram
 class KneserNeyBigramLM:
     """Interpolated Kneser-Ney bigram, absolute discount ``D`` (Kneser & Ney 1995; form of Chen & Goodman 1999).

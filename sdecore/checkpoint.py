@@ -26,6 +26,10 @@ from .model import TextSDE
 
 CONFIG, WEIGHTS, TRAIN_STATE, HISTORY, REPORT, FRONTIER = (
     "config.json", "weights.safetensors", "train_state.safetensors", "history.json", "report.json", "frontier.json")
+MAP_TENSORS, MAP_META = "map.safetensors", "map.json"
+# Files derived from one trained model: a new training run removes them all, so nothing stale
+# is shown beside the new model.
+DERIVED = (WEIGHTS, TRAIN_STATE, HISTORY, REPORT, FRONTIER, MAP_TENSORS, MAP_META)
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "model"
 
 

@@ -162,8 +162,8 @@ def _cmd_sample(a) -> int:
 
 
 def _cmd_evaluate(a) -> int:
-    from .evaluate import evaluate_checkpoint, format_report
     from .checkpoint import REPORT, load_checkpoint, write_json
+    from .evaluate import evaluate_checkpoint, format_report
 
     ckpt = load_checkpoint(a.model)
     report = evaluate_checkpoint(ckpt, a.corpus, split=a.split, fit_corpus=a.fit_corpus, max_rows=a.max_rows)
@@ -174,8 +174,8 @@ def _cmd_evaluate(a) -> int:
 
 
 def _cmd_frontier(a) -> int:
-    from .frontier import format_frontier, frontier_report, write_frontier
     from .checkpoint import load_checkpoint
+    from .frontier import format_frontier, frontier_report, write_frontier
 
     ckpt = load_checkpoint(a.model)
     report = frontier_report(ckpt, a.corpus, fit_corpus=a.fit_corpus, scales=a.scales, max_prompts=a.max_prompts,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 from .embedding import DEFAULT_EMBEDDER
 
@@ -100,9 +100,7 @@ class TrainConfig:
     max_rows: int | None = None
     seed: int = 0
     grad_clip: float = 5.0
-    map: str = "none"
-    report: bool = True  # evaluate the best epoch on the validation split into report.json
-    extra: dict = field(default_factory=dict)
+    map: str = "none"  # reference map fitted after training: none, pca or umap
 
     def validate(self) -> TrainConfig:
         if self.epochs < 1:
@@ -113,6 +111,8 @@ class TrainConfig:
             raise ValueError(f"--max-rows must be at least 1, got {self.max_rows}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
+        if self.map not in ("none", "pca", "umap"):
+            raise ValueError(f"--map must be one of none, pca, umap, got {self.map!r}")
         if not 0 < self.ce_fraction <= 1:
             raise ValueError(f"ce_fraction must lie in (0, 1], got {self.ce_fraction}")
         return self

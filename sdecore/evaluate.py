@@ -28,13 +28,13 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
-from .baselines import KneserNeyBigramLM, UnigramLM, row_stats
+from .baselines import KneserNeyBigramLM, UnigramLM, row_stats, unigram_log_prior
+from .checkpoint import REPORT, Checkpoint, load_checkpoint, write_json
 from .config import DATA_CREDIT, TrainConfig
 from .data import load_corpus, split_by_prompt
+from .embedding import Embedder
 from .emission import GaussianEmission
-from .checkpoint import Checkpoint
 from .model import TextSDE
-from .train import unigram_log_prior
 from .transitions import Transitions, build_transitions, encode_rows, training_tokens
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,18 @@ def _summary(stats: dict[str, torch.Tensor], mask: torch.Tensor | None = None) -
     return out
 
 
-def evaluate_checkpoint(ckpt: Checkpoint, corpus: str | Path, split: str = "validation",
+def write_report(folder: str | Path, corpus: str | Path, *, max_rows: int | None = None,
+                 embedder: Embedder | None = None) -> dict:
+    """Evaluate the checkpoint in ``folder`` on the validation split of ``corpus`` (the one it
+    was trained on) and write ``folder/report.json``, which the dashboard reads. The step that
+    follows training, for the command line and the dashboard alike; returns the report."""
+    ckpt = load_checkpoint(folder, device="cpu", embedder=embedder)
+    report = evaluate_checkpoint(ckpt, corpus, split="validation", max_rows=max_rows)
+    write_json(ckpt.folder / REPORT, report)
+    return report
+
+
+def evaluate_checkpoint(ckpt: Checkpoint, corpus: str | Path, *, split: str = "validation",
                         fit_corpus: str | Path | None = None, max_rows: int | None = None) -> dict:
     """The ``evaluate`` report of a checkpoint on ``corpus`` (see the module docstring)."""
     if split not in ("validation", "all"):

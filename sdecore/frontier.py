@@ -35,10 +35,10 @@ import pandas as pd
 import torch
 
 from .baselines import KneserNeyBigramLM
+from .checkpoint import FRONTIER, Checkpoint, write_json
 from .config import DATA_CREDIT, LIMITS, MAX_PROMPT_TOKENS, TrainConfig, check_range
 from .data import load_corpus, split_by_prompt
 from .embedding import Embedder
-from .checkpoint import FRONTIER, Checkpoint, write_json
 from .simulate import simulate_paths
 from .textquality import bleu, distinct_n, relevance_scores, rouge_l, self_bleu
 from .transitions import encode_rows, training_tokens

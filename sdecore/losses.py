@@ -41,7 +41,7 @@ def emission_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, targets)
 
 
-def total_loss(parts: dict[str, torch.Tensor], drift_weight: float = 1.0, diffusion_weight: float = 1.0,
+def total_loss(parts: dict[str, torch.Tensor], *, drift_weight: float = 1.0, diffusion_weight: float = 1.0,
                ce_weight: float = 1.0) -> torch.Tensor:
     """Weighted sum of the drift, diffusion and emission cross-entropy losses."""
     return drift_weight * parts["drift"] + diffusion_weight * parts["diffusion"] + ce_weight * parts["ce"]

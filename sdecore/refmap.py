@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckio
+from .checkpoint import MAP_META, MAP_TENSORS
 
-MAP_TENSORS, MAP_META = "map.safetensors", "map.json"
 MAP_KINDS = ("none", "pca", "umap")
 
 

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
-from . import checkpoint as ckio, losses
+from . import checkpoint as ckio
+from . import losses
+from .baselines import unigram_log_prior
 from .config import ModelConfig, TrainConfig
 from .data import load_corpus, split_by_prompt
 from .embedding import Embedder
 from .model import TextSDE
-from .refmap import MAP_META, MAP_TENSORS
 from .runtime import Dist, init_distributed, resolve_device, shutdown_distributed
 from .transitions import Transitions, build_transitions, encode_rows, training_tokens
 
@@ -34,18 +34,11 @@ LOSS_NAMES = ("drift", "diffusion", "ce", "total")
 _EVAL_BATCH = 1024
 
 
-def unigram_log_prior(seqs: list[list[int]], support: torch.Tensor, alpha: float) -> torch.Tensor:
-    """log pi_v of the add-alpha smoothed unigram over the support (0 outside it): (vocab,)."""
-    counts = torch.zeros(support.numel(), dtype=torch.float64)
-    for s in seqs:
-        counts.index_add_(0, torch.as_tensor(s, dtype=torch.long), torch.ones(len(s), dtype=torch.float64))
-    counts = (counts + alpha) * support
-    logp = torch.log(counts / counts.sum())
-    return torch.where(support, logp, torch.zeros_like(logp)).to(torch.float32)
-
-
-def _weighted(parts: dict[str, torch.Tensor], cfg: TrainConfig) -> torch.Tensor:
-    return losses.total_loss(parts, cfg.drift_weight, cfg.diffusion_weight, cfg.ce_weight)
+def weighted_loss(parts: dict[str, torch.Tensor], cfg: TrainConfig) -> torch.Tensor:
+    """The training objective: ``drift + diffusion + ce_weight * cross-entropy`` with ``cfg``'s
+    weights (docs/design.md §2.5)."""
+    return losses.total_loss(parts, drift_weight=cfg.drift_weight, diffusion_weight=cfg.diffusion_weight,
+                             ce_weight=cfg.ce_weight)
 
 
 @torch.no_grad()
@@ -61,7 +54,7 @@ def evaluate_losses(model: TextSDE, data: Transitions, cfg: TrainConfig, device:
             sums[k] += float(parts[k]) * len(idx)
     model.train(was_training)
     out = {k: v / n for k, v in sums.items()}
-    out["total"] = float(_weighted({k: torch.tensor(v) for k, v in out.items()}, cfg))
+    out["total"] = float(weighted_loss({k: torch.tensor(v) for k, v in out.items()}, cfg))
     out["token_ppl"] = math.exp(min(out["ce"], 700.0))
     return out
 
@@ -137,6 +130,7 @@ def train_model(
     out: str | Path,
     model_config: ModelConfig | None = None,
     train_config: TrainConfig | None = None,
+    *,
     device: str = "auto",
     resume: bool = False,
     overwrite: bool = False,
@@ -146,7 +140,10 @@ def train_model(
     """Train a text SDE on ``corpus`` and write the checkpoint folder ``out``.
 
     Returns the history (also written to ``out/history.json``). ``on_epoch`` is called
-    with each epoch's record, for live progress displays.
+    with each epoch's record, for live progress displays. Training writes the checkpoint
+    (and the reference map, if ``train_config.map`` asks for one); the held-out report
+    against baselines is a separate step, :func:`sdecore.evaluate.write_report`
+    (docs/design.md §2.5).
     """
     out = Path(out)
     tcfg = (train_config or TrainConfig()).validate()
@@ -196,7 +193,7 @@ def _train(corpus, out: Path, mcfg: ModelConfig, tcfg: TrainConfig, dev: torch.d
         }
         if dist_info.is_main:
             # Everything derived from an earlier model goes, so nothing stale is shown beside the new one.
-            for name in (ckio.WEIGHTS, ckio.TRAIN_STATE, ckio.HISTORY, ckio.REPORT, ckio.FRONTIER, MAP_TENSORS, MAP_META):
+            for name in ckio.DERIVED:
                 (out / name).unlink(missing_ok=True)
             ckio.write_json(out / ckio.CONFIG, ckio.checkpoint_config(mcfg, embedder))
     log.info("training on %d transitions (%d validation) on %s, world size %d",
@@ -206,6 +203,8 @@ def _train(corpus, out: Path, mcfg: ModelConfig, tcfg: TrainConfig, dev: torch.d
     net = DistributedDataParallel(model, forward_sync_buffers=False) if dist_info.enabled else model
     best = min((e["validation"]["total"] for e in history["epochs"]), default=math.inf)
     epochs = range(start_epoch, tcfg.epochs)
+    from tqdm.auto import tqdm
+
     bar = tqdm(epochs, desc="epochs", disable=not (progress and dist_info.is_main), initial=start_epoch,
                total=tcfg.epochs)
     for epoch in bar:
@@ -228,8 +227,12 @@ def _train(corpus, out: Path, mcfg: ModelConfig, tcfg: TrainConfig, dev: torch.d
     dist_info.barrier()
 
     if dist_info.is_main:
-        _finish(out, model, history, train_data, val_data, dev, tcfg, train_tokens, corpus, embedder,
-                list(split.train["prompt"]))
+        _finish(out, model, history, train_data, val_data, dev)
+        if tcfg.map != "none":
+            from .refmap import fit_reference_map
+
+            prompts = list(dict.fromkeys(split.train["prompt"]))
+            fit_reference_map(model.cpu(), embedder, train_tokens, prompts, kind=tcfg.map, seed=tcfg.seed).save(out)
     dist_info.barrier()
     return history
 
@@ -237,6 +240,8 @@ def _train(corpus, out: Path, mcfg: ModelConfig, tcfg: TrainConfig, dev: torch.d
 def _train_epoch(net, model: TextSDE, data: Transitions, cfg: TrainConfig, opt, dev, dist_info: Dist,
                  epoch: int, progress: bool) -> dict[str, float]:
     """One pass over the shuffled train transitions; returns mean losses."""
+    from tqdm.auto import tqdm
+
     model.train()
     # Seeding by epoch makes the order (and dropout) reproducible and --resume exact.
     gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
@@ -257,7 +262,7 @@ def _train_epoch(net, model: TextSDE, data: Transitions, cfg: TrainConfig, opt, 
         ce_mask[0] = True
         batch = data.take(idx, dev)
         parts = net(*batch, ce_mask.to(dev), _perturb(batch[0], cfg, gen))
-        loss = _weighted(parts, cfg)
+        loss = weighted_loss(parts, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -289,25 +294,14 @@ def _set_lr(opt: torch.optim.Optimizer, cfg: TrainConfig, progress: float) -> No
 
 
 def _finish(out: Path, model: TextSDE, history: dict, train_data: Transitions, val_data: Transitions,
-            dev: torch.device, tcfg: TrainConfig, train_seqs: list[list[int]], corpus, embedder: Embedder,
-            history_prompts: list[str]) -> None:
-    """Reload the best epoch, add the reference losses, and write history and map."""
+            dev: torch.device) -> None:
+    """Reload the best epoch and write the history with its reference losses."""
     model.load_state_dict(ckio.read_tensors(out / ckio.WEIGHTS))
     best = min(history["epochs"], key=lambda e: e["validation"]["total"])
     history["best_epoch"] = best["epoch"]
     history["best_validation"] = best["validation"]
     history["references"] = reference_losses(model, train_data, val_data, dev)
     ckio.write_json(out / ckio.HISTORY, history)
-    if tcfg.report:
-        from .evaluate import evaluate_checkpoint
-
-        ckpt = ckio.load_checkpoint(out, device="cpu", embedder=embedder)
-        ckio.write_json(out / ckio.REPORT, evaluate_checkpoint(ckpt, corpus, "validation", max_rows=tcfg.max_rows))
-    if tcfg.map != "none":
-        from .refmap import fit_reference_map
-
-        prompts = list(dict.fromkeys(history_prompts))
-        fit_reference_map(model.cpu(), embedder, train_seqs, prompts, kind=tcfg.map, seed=tcfg.seed).save(out)
 
 
 def _fmt(d: dict[str, float]) -> str:

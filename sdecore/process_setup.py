@@ -1,0 +1,21 @@
+"""Process-wide settings, made once by each entry point (docs/design.md §6.3).
+
+The command line (``sdecore.cli``), the dashboard (``dashboard/app.py``) and the benchmarks
+(``bench``) call :func:`configure_threads` before anything imports torch; a program that
+uses ``sdecore`` as a library keeps its own settings. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def configure_threads() -> None:
+    """Passive OpenMP waiting (``OMP_WAIT_POLICY=PASSIVE``) unless the environment says otherwise.
+
+    Idle OpenMP threads that spin (the default of the runtime torch ships with) slow torch
+    many times over on a busy 2-core machine, and after numba (UMAP) has run in the same
+    process. The runtime reads the variable when it loads, so this must run before torch
+    is imported.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
