@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import losses
 from .embedding import Embedder
+from .metrics import gaussian_nll
 from .model import TextSDE
 from .simulate import Paths, simulate_paths
 from .stability import Envelope, cloud_radius2, critical_scale, fit_envelope, lyapunov_bound, lyapunov_LV, lyapunov_V
@@ -170,9 +170,10 @@ def text_trajectory(model: TextSDE, embedder: Embedder, text: str, max_tokens: i
     t = torch.arange(len(ids), device=dev, dtype=torch.float32) * dt
     x, h, xn = xs[:-1], hs[:-1], xs[1:]
     mu, sig = model.drift(x, h, t[:-1]), model.sigma(x, h, t[:-1])
-    drift_l = (xn - x - mu * dt).pow(2).mean(-1)
+    resid = xn - x - mu * dt
+    drift_l = resid.pow(2).mean(-1)
     var = sig.pow(2) * dt
-    diff_l = 0.5 * (losses._LOG_2PI + var.log() + (xn - x - mu * dt).pow(2) / var).mean(-1)
+    diff_l = gaussian_nll(resid, var).mean(-1)
     logits = model.emission.next_token_logits(x + mu * dt, var)
     nll = -torch.log_softmax(logits, -1).gather(-1, idt[1:, None]).squeeze(-1)
     one_step = torch.cat([xs[:1], x + mu * dt])

@@ -76,10 +76,9 @@ def _read_local(path: Path) -> pd.DataFrame:
 
 
 def _read_hub(name: str) -> pd.DataFrame:
-    try:
-        import datasets
-    except ImportError as exc:  # pragma: no cover
-        raise ValueError("loading a Hugging Face dataset needs the `datasets` package") from exc
+    from .extras import require
+
+    datasets = require("datasets", f"loading the Hugging Face dataset {name!r}")
     try:
         ds = datasets.load_dataset(name, split="train")
     except Exception as exc:  # offline, unknown name, ...

@@ -69,10 +69,10 @@ class Embedder:
         Works offline for a local folder; a hub name such as ``gpt2`` needs the network
         (or a populated cache).
         """
-        try:
-            from transformers import AutoModel, AutoTokenizer
-        except ImportError as exc:  # pragma: no cover
-            raise ValueError("loading embedders by name needs the `transformers` package") from exc
+        from .extras import require
+
+        transformers = require("transformers", f"the embedder {name_or_path!r}")
+        AutoModel, AutoTokenizer = transformers.AutoModel, transformers.AutoTokenizer  # noqa: N806
         try:
             hf_tok = AutoTokenizer.from_pretrained(name_or_path)
             model = AutoModel.from_pretrained(name_or_path)

@@ -34,6 +34,7 @@ from .config import DATA_CREDIT, TrainConfig
 from .data import load_corpus, split_by_prompt
 from .embedding import Embedder
 from .emission import GaussianEmission
+from .metrics import gaussian_nll, perplexity
 from .model import TextSDE
 from .transitions import Transitions, build_transitions, encode_rows, training_tokens
 
@@ -120,8 +121,9 @@ def _gaussian_stats(pred: GaussianStep, x_next: torch.Tensor) -> dict[str, torch
     """Per transition: increment NLL per dimension, coverage of the 90% interval, and the
     standardised residuals' absolute values (for calibration)."""
     var = pred.var if pred.var.ndim == 2 else pred.var.expand_as(pred.mean)
-    z = ((x_next - pred.mean) / var.sqrt()).abs()
-    nll = 0.5 * (math.log(2 * math.pi) + var.log() + z.pow(2)).mean(-1)
+    resid = x_next - pred.mean
+    z = (resid / var.sqrt()).abs()
+    nll = gaussian_nll(resid, var).mean(-1)
     return {"increment_nll": nll.double(), "coverage90": (z <= _Z90).double().mean(-1), "z": z}
 
 
@@ -150,7 +152,7 @@ def _summary(stats: dict[str, torch.Tensor], mask: torch.Tensor | None = None) -
         return (a if mask is None else a[mask])
     nll = float(pick(stats["nll"]).mean())
     out = dict.fromkeys(METRICS)
-    out["token_ppl"] = math.exp(nll) if nll < 700 else math.inf
+    out["token_ppl"] = perplexity(nll)
     for k in ("top1", "top10"):
         out[k] = float(pick(stats[k]).double().mean())
     for k in ("increment_nll", "coverage90"):

@@ -1,4 +1,4 @@
-"""Training losses on the Euler-Maruyama transition density (DESIGN.md section 2):
+"""Training losses on the Euler-Maruyama transition density (docs/design.md §2.5):
 
     x_{k+1} | x_k, h_k ~ N(x_k + mu dt, diag(sigma^2) dt)
 
@@ -8,12 +8,10 @@ and dimensions, so they read on the same scale whatever the embedding width.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-_LOG_2PI = math.log(2 * math.pi)
+from .metrics import gaussian_nll
 
 
 def drift_loss(x: torch.Tensor, x_next: torch.Tensor, mu: torch.Tensor, dt: float) -> torch.Tensor:
@@ -31,9 +29,7 @@ def diffusion_loss(x: torch.Tensor, x_next: torch.Tensor, mu: torch.Tensor, sigm
 
     sigma may be (batch, dim) or (dim,). Returns a scalar (nats per dimension).
     """
-    resid = x_next - x - mu.detach() * dt
-    var = sigma.pow(2) * dt
-    return 0.5 * (_LOG_2PI + torch.log(var) + resid.pow(2) / var).mean()
+    return gaussian_nll(x_next - x - mu.detach() * dt, sigma.pow(2) * dt).mean()
 
 
 def emission_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
-"""Process properties of sample paths (DESIGN.md section 2, "Process properties and trajectories").
+"""Process properties of sample paths (docs/design.md §4.2).
 
-For ``dX = mu dt + s sigma dW`` the paths' spread over time, their quadratic variation
+For ``dX = mu dt + s sigma dW`` the paths' quadratic variation
 
     [X]_t = lim sum_k |X_{t_{k+1}} - X_{t_k}|^2 = s^2 int_0^t sum_d sigma_d^2(X_u) du
 
@@ -14,54 +14,17 @@ All functions are pure: torch tensors or numpy arrays in, float64 numpy arrays o
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import NamedTuple
 
 import numpy as np
-import torch
 
-ArrayLike = np.ndarray | torch.Tensor | Sequence[float] | float
-
-
-def _np(a: ArrayLike) -> np.ndarray:
-    """A float64 numpy array from a tensor (any device), array, list or scalar."""
-    if isinstance(a, torch.Tensor):
-        a = a.detach().cpu().double().numpy()
-    return np.asarray(a, dtype=np.float64)
+from .metrics import ArrayLike, as_float64, finite_mean
 
 
 def _states(x: ArrayLike) -> np.ndarray:
-    x = _np(x)
+    x = as_float64(x)
     if x.ndim != 3:
         raise ValueError(f"x must have shape (paths, steps, dim); got shape {tuple(x.shape)}")
     return x
-
-
-class Moments(NamedTuple):
-    """Mean and standard deviation across paths, each (steps, dim)."""
-
-    mean: np.ndarray
-    std: np.ndarray
-
-
-def path_moments(x: ArrayLike, ddof: int = 1) -> Moments:
-    """Mean and spread across paths at each time, ignoring NaN (paths stopped after divergence).
-
-    x: (paths, steps, dim). Returns ``Moments(mean, std)``, each (steps, dim), with
-    ``mean = sum_p x / n`` and ``std = sqrt(sum_p (x - mean)^2 / (n - ddof))`` over the n
-    finite values at that step and dimension; NaN where n == 0 (mean) or n <= ddof (std).
-    """
-    x = _states(x)
-    if ddof < 0:
-        raise ValueError(f"ddof must be >= 0; got {ddof}")
-    finite = np.isfinite(x)
-    n = finite.sum(axis=0)
-    xz = np.where(finite, x, 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(n > 0, xz.sum(axis=0) / n, np.nan)
-        sq = np.where(finite, (x - mean) ** 2, 0.0).sum(axis=0)
-        std = np.where(n > ddof, np.sqrt(sq / (n - ddof)), np.nan)
-    return Moments(mean, std)
 
 
 def quadratic_variation(x: ArrayLike) -> np.ndarray:
@@ -83,10 +46,10 @@ def integrated_sigma2(sigma2_sum: ArrayLike, dt: float | ArrayLike, scale: float
     dt: the time step, a scalar or (steps - 1,); scale: the diffusion scale ``s``.
     Returns (paths, steps) with ``I_0 = 0``.
     """
-    g = _np(sigma2_sum)
+    g = as_float64(sigma2_sum)
     if g.ndim != 2:
         raise ValueError(f"sigma2_sum must have shape (paths, steps); got shape {tuple(g.shape)}")
-    steps = np.broadcast_to(_np(dt), (g.shape[1] - 1,)) if np.ndim(_np(dt)) == 0 else _np(dt)
+    steps = np.broadcast_to(as_float64(dt), (g.shape[1] - 1,)) if np.ndim(as_float64(dt)) == 0 else as_float64(dt)
     if steps.shape != (g.shape[1] - 1,):
         raise ValueError(f"dt must be a scalar or have shape (steps - 1,) = ({g.shape[1] - 1},); "
                          f"got shape {tuple(steps.shape)}")
@@ -125,18 +88,11 @@ def increment_autocorrelation(x: ArrayLike, max_lag: int, standardize: bool = Tr
             var = np.where(finite, z ** 2, 0.0).sum(axis=(0, 1)) / count
             z = z / np.sqrt(var)
     # a dimension with no finite increment or no variance carries no correlation information
-    denom = _finite_mean(z ** 2)
+    denom = finite_mean(z ** 2)
     if not denom > 0:
         raise ValueError("the increments have no finite, non-constant values; autocorrelation is undefined")
     rho = np.empty(max_lag + 1)
     rho[0] = 1.0
     for lag in range(1, max_lag + 1):
-        rho[lag] = _finite_mean(z[:, :-lag] * z[:, lag:]) / denom
+        rho[lag] = finite_mean(z[:, :-lag] * z[:, lag:]) / denom
     return rho
-
-
-def _finite_mean(a: np.ndarray) -> float:
-    """Mean of the finite entries of a; NaN if there are none."""
-    finite = np.isfinite(a)
-    n = int(finite.sum())
-    return float(np.where(finite, a, 0.0).sum() / n) if n else math.nan

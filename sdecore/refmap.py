@@ -24,6 +24,7 @@ import torch
 
 from . import checkpoint as ckio
 from .checkpoint import MAP_META, MAP_TENSORS
+from .extras import require
 
 MAP_KINDS = ("none", "pca", "umap")
 
@@ -91,8 +92,9 @@ class UMAPMap:
         self.n_neighbors, self.min_dist, self.seed, self.hidden, self.steps = n_neighbors, min_dist, seed, hidden, steps
 
     def fit(self, points: np.ndarray, ref_ids: np.ndarray | None = None, holdout: np.ndarray | None = None) -> UMAPMap:
-        import umap  # numba compiles on first use (tens of seconds): only when a map is fitted
-        from sklearn.manifold import trustworthiness
+        # numba compiles on first use (tens of seconds): imported only when a map is fitted
+        umap = require("umap", "a UMAP reference map (--map umap)")
+        trustworthiness = require("sklearn.manifold", "a UMAP reference map (--map umap)").trustworthiness
 
         points = np.asarray(points, dtype=np.float32)
         reducer = umap.UMAP(n_neighbors=self.n_neighbors, min_dist=self.min_dist, random_state=self.seed)

@@ -1,4 +1,4 @@
-"""Lyapunov stability of the text SDE (DESIGN.md section 2, "Stability (Lyapunov)").
+"""Lyapunov stability of the text SDE (docs/design.md §4.1).
 
 For ``dX = mu dt + s sigma dW`` (diagonal noise) and ``V(x) = |x - x*|^2`` the generator is
 
@@ -18,13 +18,12 @@ named tuples of floats) out.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 import numpy as np
-import torch
 
-ArrayLike = np.ndarray | torch.Tensor | Sequence[float] | float
+from .metrics import ArrayLike, as_float64
 
 # A grid of candidate alphas, relative to the data's own rate scale mean|LV| / mean V:
 # 0, then log-spaced over nine decades, then two zooms around the best point.
@@ -33,13 +32,6 @@ _GRID_PER_DECADE = 24
 _ZOOM_POINTS = 33
 _ZOOMS = 3
 _CHUNK_ELEMENTS = 4_000_000
-
-
-def _np(a: ArrayLike) -> np.ndarray:
-    """A float64 numpy array from a tensor (any device), array, list or scalar."""
-    if isinstance(a, torch.Tensor):
-        a = a.detach().cpu().double().numpy()
-    return np.asarray(a, dtype=np.float64)
 
 
 def _check_states(x: np.ndarray, name: str = "x") -> None:
@@ -53,7 +45,7 @@ def lyapunov_V(x: ArrayLike, x_star: ArrayLike) -> np.ndarray:
     x: (paths, steps, dim); x_star: (dim,) (or anything broadcastable to x).
     Returns (paths, steps); NaN where the state is NaN (a path stopped after divergence).
     """
-    x, x_star = _np(x), _np(x_star)
+    x, x_star = as_float64(x), as_float64(x_star)
     _check_states(x)
     return np.sum((x - x_star) ** 2, axis=-1)
 
@@ -66,7 +58,7 @@ def lyapunov_LV(x: ArrayLike, mu: ArrayLike, sigma2_sum: ArrayLike, x_star: Arra
     sigma2_sum: (paths, steps), ``sum_d sigma_d(x)^2`` of the unscaled diffusion at those states;
     x_star: (dim,); scale: the diffusion scale ``s``. Returns (paths, steps).
     """
-    x, mu, sigma2_sum, x_star = _np(x), _np(mu), _np(sigma2_sum), _np(x_star)
+    x, mu, sigma2_sum, x_star = as_float64(x), as_float64(mu), as_float64(sigma2_sum), as_float64(x_star)
     _check_states(x)
     if mu.shape != x.shape:
         raise ValueError(f"mu must have the shape of x {tuple(x.shape)}; got {tuple(mu.shape)}")
@@ -149,7 +141,7 @@ def fit_envelope(V: ArrayLike, LV: ArrayLike, quantile: float = 0.99,
         raise ValueError(f"quantile must be in (0, 1]; got {quantile}")
     if rule not in ("gap", "bound"):
         raise ValueError(f"rule must be 'gap' or 'bound'; got {rule!r}")
-    V, LV = _np(V), _np(LV)
+    V, LV = as_float64(V), as_float64(LV)
     if V.shape != LV.shape:
         raise ValueError(f"V and LV must have the same shape; got {tuple(V.shape)} and {tuple(LV.shape)}")
     V, LV = V.ravel(), LV.ravel()
@@ -192,18 +184,6 @@ def _rank(n: int, quantile: float) -> int:
     return min(n - 1, math.ceil(quantile * (n - 1)))
 
 
-def envelope_coverage(V: ArrayLike, LV: ArrayLike, alpha: float, beta: float) -> float:
-    """Fraction of finite (V, LV) pairs with ``LV <= -alpha V + beta`` (to rounding)."""
-    V, LV = _np(V).ravel(), _np(LV).ravel()
-    keep = np.isfinite(V) & np.isfinite(LV)
-    V, LV = V[keep], LV[keep]
-    if V.size == 0:
-        raise ValueError("no finite (V, LV) pairs")
-    line = -alpha * V + beta
-    tol = 1e-9 * (np.abs(LV) + np.abs(line) + 1.0)
-    return float(np.mean(LV <= line + tol))
-
-
 def lyapunov_bound(V0: ArrayLike, alpha: float, beta: float, t: ArrayLike) -> np.ndarray:
     """The Lyapunov bound ``E V(t) <= V(0) e^{-alpha t} + beta/alpha (1 - e^{-alpha t})``.
 
@@ -211,7 +191,7 @@ def lyapunov_bound(V0: ArrayLike, alpha: float, beta: float, t: ArrayLike) -> np
     from the start. Returns (steps,) for a scalar V0, else (n, steps). With ``alpha == 0``
     this is the limit ``V(0) + beta t``; an infinite beta gives inf for t > 0.
     """
-    V0, t = _np(V0), _np(t)
+    V0, t = as_float64(V0), as_float64(t)
     if alpha < 0 or math.isnan(alpha):
         raise ValueError(f"alpha must be >= 0; got {alpha}")
     if np.any(t < 0):
@@ -233,12 +213,12 @@ def cloud_radius2(points: ArrayLike, center: ArrayLike | None = None, quantile: 
     """The ``quantile`` of ``|e - center|^2`` over points e (n, dim), e.g. the vocabulary's
     embedding rows about x*: the size that ``beta/alpha`` is compared with. ``center``
     defaults to the points' mean."""
-    p = _np(points)
+    p = as_float64(points)
     if p.ndim != 2 or p.shape[0] == 0:
         raise ValueError(f"points must have shape (n, dim) with n >= 1; got {tuple(p.shape)}")
     if not 0.0 < quantile <= 1.0:
         raise ValueError(f"quantile must be in (0, 1]; got {quantile}")
-    c = p.mean(axis=0) if center is None else _np(center)
+    c = p.mean(axis=0) if center is None else as_float64(center)
     return float(np.quantile(np.sum((p - c) ** 2, axis=1), quantile))
 
 
@@ -256,8 +236,8 @@ def critical_scale(scales: ArrayLike, ultimate: ArrayLike | Callable[[float], fl
     interpolated and ``s1`` is returned. Returns the smallest scale if the first point
     already exceeds ``r2``, and None if no point does.
     """
-    s = _np(scales).ravel()
-    u = np.array([float(ultimate(float(v))) for v in s]) if callable(ultimate) else _np(ultimate).ravel()
+    s = as_float64(scales).ravel()
+    u = np.array([float(ultimate(float(v))) for v in s]) if callable(ultimate) else as_float64(ultimate).ravel()
     if s.shape != u.shape:
         raise ValueError(f"scales and ultimate must have the same length; got {s.size} and {u.size}")
     if not math.isfinite(r2):

