@@ -1,4 +1,4 @@
-"""Discrete next-token baselines over WordPiece id sequences (DESIGN.md sections 2 and 4).
+"""Discrete next-token baselines over WordPiece id sequences (docs/design.md §4.3).
 
 Two n-gram models give the held-out token perplexity and top-k accuracy that the SDE's
 Gaussian emission is compared with (``evaluate``'s ``unigram`` and ``bigram`` rows):
@@ -12,21 +12,15 @@ The vocabulary is given by a boolean ``support`` mask ``(vocab,)``: the ids a mo
 (special tokens excluded). Both models put all their probability on the support and a
 non-zero probability on every support token; ids outside it get log-probability ``-inf``.
 
-Counts are kept sparse (no ``vocab x vocab`` matrix: the vocabulary has 30,522 ids) and
-every fitted model converts to and from a flat ``dict[str, Tensor]`` (:meth:`to_tensors`,
-:meth:`from_tensors`), so it can be stored with safetensors; nothing is pickled.
+Counts are kept sparse (no ``vocab x vocab`` matrix: the vocabulary has 30,522 ids).
 """
 
 from __future__ import annotations
 
-import logging
 import math
-from typing import Protocol
 
 import numpy as np
 import torch
-
-log = logging.getLogger(__name__)
 
 CONTINUATION_SMOOTHING = 0.1  # add-0.1 on the Kneser-Ney continuation counts N1+(. w)
 
@@ -65,16 +59,6 @@ def _check_ids(ids: torch.Tensor, vocab: int, name: str) -> torch.Tensor:
     return ids
 
 
-def _scalar(x: float) -> torch.Tensor:
-    return torch.tensor([float(x)], dtype=torch.float64)
-
-
-def _require(d: dict[str, torch.Tensor], keys: tuple[str, ...], what: str) -> None:
-    missing = [k for k in keys if k not in d]
-    if missing:
-        raise ValueError(f"{what} tensors lack {missing}; the file is not a saved {what} (or is corrupt)")
-
-
 def _sample_rows(logp: torch.Tensor, generator: torch.Generator, temperature: float) -> torch.Tensor:
     """Ids (b,) drawn from ``softmax(logp / temperature)`` row by row; argmax when temperature is 0."""
     if not math.isfinite(temperature) or temperature < 0:
@@ -83,17 +67,6 @@ def _sample_rows(logp: torch.Tensor, generator: torch.Generator, temperature: fl
         return logp.argmax(dim=-1)
     probs = torch.softmax(logp.to(torch.float64) / temperature, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
-
-
-def transition_pairs(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The adjacent pairs inside each sequence as ``(prev, nxt)``, both LongTensor (n,).
-
-    No pair spans two sequences, so ``n = sum(max(len(s) - 1, 0))``: the transitions every
-    model is scored on (DESIGN.md section 4).
-    """
-    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-    flat = torch.from_numpy(np.fromiter((v for s in seqs for v in s), dtype=np.int64, count=int(lengths.sum())))
-    return _pairs(flat, torch.from_numpy(lengths))
 
 
 def _pairs(flat: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,40 +109,10 @@ class UnigramLM:
     def vocab_size(self) -> int:
         return self.support_.numel()
 
-    def log_prob(self, prev: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
-        """log p(nxt) (n,) float64; ``prev`` (n,) is checked but otherwise ignored."""
-        prev = _check_ids(prev, self.vocab_size, "prev")
-        nxt = _check_ids(nxt, self.vocab_size, "nxt")
-        if prev.shape != nxt.shape:
-            raise ValueError(f"prev and nxt must have the same length, got {prev.numel()} and {nxt.numel()}")
-        return self.log_probs_[nxt]
-
     def log_prob_rows(self, prev: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The next-token log-distribution for each of ``prev`` (b,): (b, vocab), the same row b times."""
         prev = _check_ids(prev, self.vocab_size, "prev")
         return self.log_probs_.to(dtype).expand(prev.numel(), -1).clone()
-
-    def sample(self, prev: torch.Tensor, generator: torch.Generator, temperature: float = 1.0) -> torch.Tensor:
-        """Next ids (b,) drawn from ``softmax(log p / temperature)``; ``temperature == 0`` is argmax."""
-        return _sample_rows(self.log_prob_rows(prev, torch.float64), generator, temperature)
-
-    def to_tensors(self) -> dict[str, torch.Tensor]:
-        """``{"support": (vocab,) bool, "counts": (vocab,) int64, "alpha": (1,) float64}``."""
-        return {"support": self.support_.clone(), "counts": self.counts_.clone(), "alpha": _scalar(self.alpha_)}
-
-    @classmethod
-    def from_tensors(cls, d: dict[str, torch.Tensor]) -> UnigramLM:
-        """The model saved by :meth:`to_tensors` (validated)."""
-        _require(d, ("support", "counts", "alpha"), "UnigramLM")
-        support = _check_support(d["support"])
-        counts = d["counts"]
-        if counts.shape != support.shape or counts.dtype != torch.int64 or bool((counts < 0).any()):
-            raise ValueError("UnigramLM counts must be non-negative int64 of the support's shape (vocab,)")
-        alpha = float(d["alpha"].reshape(-1)[0])
-        if not alpha > 0:
-            raise ValueError(f"UnigramLM alpha must be > 0, got {alpha}")
-        return cls()._set(support, counts.to("cpu"), alpha)
-
 
 def unigram_log_prior(seqs: list[list[int]], support: torch.Tensor, alpha: float) -> torch.Tensor:
     """The emission's prior: log-probabilities of the add-alpha :class:`UnigramLM` of ``seqs``,
@@ -240,22 +183,6 @@ class KneserNeyBigramLM:
         lam = self.discount_ * self.n_follow_[prev].to(torch.float64) / c.clamp_min(1)
         return torch.where(c > 0, lam, torch.ones_like(lam))
 
-    def log_prob(self, prev: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
-        """log p(nxt | prev) (n,) float64, for prev and nxt LongTensor (n,)."""
-        prev = _check_ids(prev, self.vocab_size, "prev")
-        nxt = _check_ids(nxt, self.vocab_size, "nxt")
-        if prev.shape != nxt.shape:
-            raise ValueError(f"prev and nxt must have the same length, got {prev.numel()} and {nxt.numel()}")
-        c_uw = torch.zeros(prev.numel(), dtype=torch.float64)  # c(u, w), 0 for an unseen pair
-        if self.pair_keys_.numel():
-            keys = prev * self.vocab_size + nxt
-            pos = torch.searchsorted(self.pair_keys_, keys).clamp_max(self.pair_keys_.numel() - 1)
-            found = self.pair_keys_[pos] == keys
-            c_uw[found] = self.pair_counts_[pos[found]].to(torch.float64)
-        c_u = self.context_counts_[prev].to(torch.float64).clamp_min(1)  # unseen contexts have c(u,w) = 0 too
-        p = (c_uw - self.discount_).clamp_min(0) / c_u + self._backoff_weight(prev) * self._p_cont[nxt]
-        return torch.log(p)
-
     def log_prob_rows(self, prev: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Next-token log-distributions (b, vocab) for contexts ``prev`` (b,); ``-inf`` outside the support.
 
@@ -284,43 +211,7 @@ class KneserNeyBigramLM:
         """Next ids (b,) drawn from ``softmax(log p(.|prev) / temperature)``; ``temperature == 0`` is argmax."""
         return _sample_rows(self.log_prob_rows(prev, torch.float64), generator, temperature)
 
-    def to_tensors(self) -> dict[str, torch.Tensor]:
-        """``{"support": (vocab,) bool, "pair_keys": (P,) int64 sorted u*vocab+w, "pair_counts": (P,) int64,
-        "discount": (1,) float64}``; the rest is derived on load."""
-        return {
-            "support": self.support_.clone(),
-            "pair_keys": self.pair_keys_.clone(),
-            "pair_counts": self.pair_counts_.clone(),
-            "discount": _scalar(self.discount_),
-        }
-
-    @classmethod
-    def from_tensors(cls, d: dict[str, torch.Tensor]) -> KneserNeyBigramLM:
-        """The model saved by :meth:`to_tensors` (validated)."""
-        _require(d, ("support", "pair_keys", "pair_counts", "discount"), "KneserNeyBigramLM")
-        support = _check_support(d["support"])
-        keys, counts = d["pair_keys"].to("cpu"), d["pair_counts"].to("cpu")
-        vocab = support.numel()
-        if keys.ndim != 1 or keys.shape != counts.shape or keys.dtype != torch.int64 or counts.dtype != torch.int64:
-            raise ValueError("KneserNeyBigramLM pair_keys and pair_counts must be int64 tensors of one shape (P,)")
-        if keys.numel():
-            if int(keys.min()) < 0 or int(keys.max()) >= vocab * vocab or bool((keys[1:] <= keys[:-1]).any()):
-                raise ValueError("KneserNeyBigramLM pair_keys must be strictly increasing ids u * vocab + w")
-            if bool((counts < 1).any()) or not bool(support[keys // vocab].all() and support[keys % vocab].all()):
-                raise ValueError("KneserNeyBigramLM pairs must have positive counts and ids inside the support")
-        discount = float(d["discount"].reshape(-1)[0])
-        if not 0 < discount <= 1:
-            raise ValueError(f"KneserNeyBigramLM discount must lie in (0, 1], got {discount}")
-        return cls()._set(support, keys.contiguous(), counts.contiguous(), discount)
-
-
 # --------------------------------------------------------------------------- metrics
-class NextTokenModel(Protocol):
-    """Anything that gives next-token log-distributions (b, vocab) for contexts (b,)."""
-
-    def log_prob_rows(self, prev: torch.Tensor) -> torch.Tensor: ...
-
-
 def row_stats(rows: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per target: its NLL (n,) float64, and whether it is in the top 1 and top 10 (n,) bool.
 
@@ -336,48 +227,3 @@ def row_stats(rows: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, 
     k = min(10, rows.shape[1])
     kth = rows.topk(k, dim=1).values  # (n, k), descending
     return -lp.to(torch.float64), lp >= kth[:, 0], lp >= kth[:, k - 1]
-
-
-def _metric_sums(rows: torch.Tensor, targets: torch.Tensor) -> tuple[float, int, int]:
-    """Summed NLL of the targets, and how many lie in the top 1 and top 10 (see :func:`row_stats`)."""
-    nll, top1, top10 = row_stats(rows, targets)
-    return float(nll.sum()), int(top1.sum()), int(top10.sum())
-
-
-def _finish(nll: float, top1: int, top10: int, n: int) -> dict[str, float]:
-    if n == 0:
-        raise ValueError("no transitions to score")
-    mean = nll / n
-    if not math.isfinite(mean):
-        log.warning("a target has zero probability: token perplexity is infinite")
-    return {"token_ppl": math.exp(mean) if mean < 700 else math.inf, "top1": top1 / n, "top10": top10 / n,
-            "nll": mean, "n": n}
-
-
-def token_metrics(rows: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-    """Token metrics of next-token log-distributions ``rows`` (n, vocab) for ``targets`` (n,).
-
-    - ``token_ppl = exp(-(1/n) sum_i rows[i, targets[i]])``, the exponentiated mean NLL (nats);
-    - ``top1`` / ``top10``: share of targets whose probability is at least the 1st / 10th highest
-      of their row, i.e. fewer than k tokens are strictly more likely (ties count as hits);
-    - ``nll``: the mean NLL itself, ``n``: the number of targets.
-    """
-    return _finish(*_metric_sums(rows, targets), targets.numel())
-
-
-def score_transitions(
-    model: NextTokenModel, prev: torch.Tensor, nxt: torch.Tensor, batch: int = 1024
-) -> dict[str, float]:
-    """:func:`token_metrics` of ``model`` on transitions ``prev -> nxt`` (both LongTensor (n,)).
-
-    Rows are built ``batch`` at a time, so memory stays at ``batch x vocab`` floats whatever n.
-    """
-    if prev.ndim != 1 or prev.shape != nxt.shape:
-        raise ValueError(f"prev and nxt must be 1-D of one length, got {tuple(prev.shape)} and {tuple(nxt.shape)}")
-    if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
-    nll, top1, top10 = 0.0, 0, 0
-    for i in range(0, prev.numel(), batch):
-        s = _metric_sums(model.log_prob_rows(prev[i : i + batch]), nxt[i : i + batch])
-        nll, top1, top10 = nll + s[0], top1 + s[1], top10 + s[2]
-    return _finish(nll, top1, top10, prev.numel())

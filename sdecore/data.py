@@ -111,11 +111,3 @@ def split_by_prompt(df: pd.DataFrame, val_fraction: float = 0.2) -> Split:
             val.discard(prompts[-1])
     is_val = df["prompt"].isin(val)
     return Split(train=df[~is_val].reset_index(drop=True), validation=df[is_val].reset_index(drop=True))
-
-
-def corpus_texts(df: pd.DataFrame, include_prompts: bool = False) -> list[str]:
-    """The texts to model: every response, and optionally each distinct prompt once."""
-    texts = list(df["response"])
-    if include_prompts:
-        texts += list(dict.fromkeys(df["prompt"]))
-    return [t for t in texts if t.strip()]

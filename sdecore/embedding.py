@@ -135,7 +135,3 @@ class Embedder:
     def decode(self, ids: list[int]) -> str:
         """Readable text of a token sequence (WordPiece pieces joined)."""
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
-
-    def embed(self, ids: list[int] | torch.Tensor) -> torch.Tensor:
-        """Raw embeddings, shape ``(len(ids), dim)``."""
-        return self.table[torch.as_tensor(ids, dtype=torch.long)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -16,6 +17,15 @@ needs_helpsteer = pytest.mark.skipif(
     not HELPSTEER_DEV.is_file(), reason=f"shared HelpSteer rows not found at {HELPSTEER_DEV}")
 needs_shipped_model = pytest.mark.skipif(
     not (SHIPPED_MODEL / "weights.safetensors").is_file(), reason="assets/model has not been trained")
+
+
+def envelope_coverage(V, LV, alpha: float, beta: float) -> float:
+    """Share of the finite (V, LV) pairs on or under the line LV = -alpha V + beta: how the
+    tests judge a fitted Lyapunov envelope."""
+    V, LV = np.asarray(V, dtype=np.float64).ravel(), np.asarray(LV, dtype=np.float64).ravel()
+    ok = np.isfinite(V) & np.isfinite(LV)
+    line = -alpha * V[ok] + beta
+    return float(np.mean(LV[ok] <= line + 1e-9 * (np.abs(LV[ok]) + np.abs(line) + 1.0)))
 
 
 @pytest.fixture(scope="session")

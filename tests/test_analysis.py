@@ -2,6 +2,7 @@
 
 import numpy as np
 import torch
+from conftest import envelope_coverage
 
 from sdecore import simulate_paths
 from sdecore.analysis import (
@@ -12,7 +13,6 @@ from sdecore.analysis import (
     text_trajectory,
     vocabulary_radius2,
 )
-from sdecore.stability import envelope_coverage
 
 PROMPT = "How can I sleep better?"
 

@@ -1,4 +1,4 @@
-"""Known-answer tests for the Lyapunov and process-property functions (DESIGN.md sections 2 and 5).
+"""Known-answer tests for the Lyapunov and process-property functions (docs/design.md §4.1 and §4.2).
 
 Paths come from a plain torch Euler-Maruyama loop with a fixed seed, so the checks are
 deterministic; tolerances are a few Monte Carlo standard errors.
@@ -7,23 +7,21 @@ deterministic; tolerances are a few Monte Carlo standard errors.
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import pytest
 import torch
+from conftest import envelope_coverage
 
 from sdecore.processes import (
     increment_autocorrelation,
     integrated_sigma2,
-    path_moments,
     quadratic_variation,
 )
 from sdecore.stability import (
     Envelope,
     cloud_radius2,
     critical_scale,
-    envelope_coverage,
     fit_envelope,
     lyapunov_bound,
     lyapunov_LV,
@@ -218,31 +216,6 @@ def test_cloud_radius2():
 
 
 # ---------------------------------------------------------------- process properties
-
-def test_path_moments_ignore_nan():
-    x = np.array([[[1.0], [2.0]], [[3.0], [np.nan]], [[5.0], [4.0]]])  # (3 paths, 2 steps, 1 dim)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        mean, std = path_moments(x)
-        all_nan = path_moments(np.full((2, 3, 1), np.nan))
-    np.testing.assert_allclose(mean[:, 0], [3.0, 3.0])
-    np.testing.assert_allclose(std[:, 0], [2.0, math.sqrt(2.0)])
-    np.testing.assert_allclose(path_moments(x, ddof=0).std[:, 0], [math.sqrt(8 / 3), 1.0])
-    assert np.isnan(all_nan.mean).all() and np.isnan(all_nan.std).all()
-
-
-def test_path_moments_match_ou_mean_and_variance():
-    # OU from x0: mean x0 e^{-theta t}, variance sigma^2 / (2 theta) (1 - e^{-2 theta t})
-    dt, steps = 0.01, 100
-    x = euler_maruyama(ou_drift, lambda x: SIGMA, torch.full((4000, 8), 1.0, dtype=torch.float64), dt, steps, 8)
-    mean, std = path_moments(x)
-    assert mean.shape == std.shape == (steps + 1, 8)
-    t = np.arange(steps + 1) * dt
-    np.testing.assert_allclose(mean, np.exp(-THETA * t)[:, None] * np.ones((1, 8)), atol=0.03)
-    var = SIGMA ** 2 / (2 * THETA) * (1 - np.exp(-2 * THETA * t))
-    # pooled over the 8 dims the sample variance has relative sd ~0.8%; Euler-Maruyama adds ~0.8%
-    np.testing.assert_allclose((std[1:] ** 2).mean(axis=1), var[1:], rtol=0.04)
-
 
 def test_quadratic_variation_and_integrated_sigma2_by_hand():
     x = np.array([[[0.0, 0.0], [1.0, 0.0], [1.0, 2.0]]])

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from conftest import HELPSTEER_DEV, TINY_CORPUS, needs_helpsteer
 
-from sdecore.data import corpus_texts, load_corpus, split_by_prompt
+from sdecore.data import load_corpus, split_by_prompt
 
 
 def test_jsonl_loads_with_helpsteer_columns():
@@ -67,12 +67,6 @@ def test_a_prompt_keeps_its_side_when_rows_are_dropped():
     keep = [full.train["prompt"].iloc[0], full.validation["prompt"].iloc[0], full.train["prompt"].iloc[-1]]
     sub = split_by_prompt(df[df["prompt"].isin(keep)], 0.3)
     assert set(sub.validation["prompt"]) == set(keep) & set(full.validation["prompt"])
-
-
-def test_texts_optionally_add_each_prompt_once():
-    df = load_corpus(TINY_CORPUS)
-    assert len(corpus_texts(df)) == len(df)
-    assert len(corpus_texts(df, include_prompts=True)) == len(df) + df["prompt"].nunique()
 
 
 @needs_helpsteer
