@@ -1,24 +1,34 @@
 """Entry point: `streamlit run dashboard/app.py`.
 
-Registers the pages with st.navigation and draws the sidebar every page shares: which
-model is active, where it runs, and the data credit.
+Makes the process-wide settings (docs/design.md §6.3), registers the pages with
+st.navigation and draws the sidebar every page shares: which model is active, where it
+runs, and the data credit.
 """
 
-import os
 import sys
 from pathlib import Path
-
-# Before anything imports torch: spinning OpenMP threads slow torch tens of times on a busy CPU.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # The dashboard runs from a checkout without installing sdecore: put the repo root first.
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import streamlit as st  # noqa: E402
+from sdecore.process_setup import configure_threads  # noqa: E402
 
-from dashboard import state  # noqa: E402
+# Before anything imports torch: spinning OpenMP threads slow torch tens of times on a busy CPU.
+configure_threads()
+
+import streamlit as st  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402  (comes with scikit-learn)
+
+from dashboard import compute, session  # noqa: E402
+
+# One BLAS thread: the dashboard's matrices are small (a 1500 x 384 PCA), and OpenBLAS's
+# worker threads spin; on a busy 2-core CPU one SVD took 8 s threaded against 0.09 s on one
+# thread. `streamlit run` imports numpy before this file, so an environment variable would
+# come too late. The limit applies to the BLAS libraries loaded so far (numpy's and
+# scipy's, through the imports above); it is cheap (2 ms), so every run of this script sets it.
+threadpool_limits(limits=1, user_api="blas")
 
 st.set_page_config(page_title="Text SDE laboratory", page_icon=":material/timeline:", layout="wide")
 
@@ -36,8 +46,8 @@ PAGES = [
 
 
 def sidebar() -> None:
-    ck, err = state.checkpoint()
-    folder = state.active_model_folder()
+    ck, err = session.checkpoint()
+    folder = session.active_model_folder()
     with st.sidebar:
         st.markdown("### Model")
         if st.session_state.get("active_model"):
@@ -47,11 +57,11 @@ def sidebar() -> None:
                 st.rerun()
         if ck is None:
             st.error(err)
-            st.caption(f"Data credit: {state.DATA_CREDIT}")
+            st.caption(f"Data credit: {session.DATA_CREDIT}")
             return
         hist = ck.history or {}
         best = (hist.get("best_validation") or {}).get("token_ppl")
-        m = state.maps(str(folder), state.folder_stamp(folder))
+        m = compute.maps(str(folder), session.folder_stamp(folder))
         lines = [
             f"**Folder:** `{folder.name}`",
             f"**Device:** `{ck.model.emission.table.device}`",

@@ -1,4 +1,4 @@
-"""Uploaded corpora for the Train page: read, check and convert them, and train on them.
+"""Uploaded corpora for the Train page: read, check and convert them to prompt/response rows.
 
 Accepted: HelpSteer-style tables (.jsonl, .json, .csv, .parquet with columns prompt and
 response) and plain text (.txt). Plain text has no prompts, but the engine splits train
@@ -8,11 +8,8 @@ and consecutive paragraphs are grouped under synthetic prompts "paragraph group 
 
 from __future__ import annotations
 
-import os
 import re
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -23,13 +20,6 @@ MAX_UPLOAD_MB = 5
 MAX_ROWS = 1000
 UPLOAD_TYPES = ("jsonl", "json", "csv", "parquet", "txt")
 TARGET_GROUPS = 20  # plain text: about this many synthetic prompts, so both splits get some
-MODEL_SIZES = {"small (fast)": 64, "medium": 128, "large (slow on a CPU)": 256}
-
-
-def runs_dir() -> Path:
-    """Where models trained in the dashboard go: `SDECORE_RUNS` or `runs/dashboard` in the repo."""
-    env = os.environ.get("SDECORE_RUNS", "").strip()
-    return Path(env).expanduser() if env else Path(__file__).resolve().parent.parent / "runs" / "dashboard"
 
 
 def text_to_frame(text: str) -> pd.DataFrame:
@@ -76,34 +66,3 @@ def read_upload(name: str, data: bytes, max_rows: int = MAX_ROWS) -> pd.DataFram
         raise ValueError(f"{name} has responses to only one prompt; training needs at least two distinct prompts "
                          "(train and validation are split by prompt)")
     return df.reset_index(drop=True)
-
-
-def train_frame(frame: pd.DataFrame, name: str, epochs: int, hidden: int, batch_size: int,
-                on_epoch: Callable[[dict], None] | None = None, out: Path | None = None,
-                report: bool = False) -> tuple[Path, dict]:
-    """Train a small text SDE on ``frame`` and return (model folder, history). With
-    ``report`` the engine also evaluates the best epoch against the baselines into
-    report.json (slow: over a minute even for a tiny corpus on a CPU).
-
-    The corpus is written to a temporary file that is removed afterwards: the model folder
-    keeps only the checkpoint (its reference map stores token ids, not corpus text)."""
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(name).stem)[:40] or "corpus"
-    out = out or runs_dir() / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    model_cfg = sdecore.ModelConfig(drift_hidden=hidden, diffusion_hidden=max(16, hidden // 2))
-    train_cfg = sdecore.TrainConfig(epochs=epochs, batch_size=batch_size, map="pca", report=report)
-    device = str(sdecore.runtime.resolve_device("auto"))
-    with tempfile.TemporaryDirectory(prefix="sdecore_corpus_") as tmp:
-        path = Path(tmp) / f"{stem}.jsonl"
-        frame.to_json(path, orient="records", lines=True, force_ascii=False)
-        history = sdecore.train_model(path, out, model_cfg, train_cfg, device=device, progress=False,
-                                      on_epoch=on_epoch, overwrite=True)
-    return out, history
-
-
-def trained_models() -> list[Path]:
-    """Model folders trained earlier in the dashboard, newest first."""
-    root = runs_dir()
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if (p / "weights.safetensors").is_file() and (p / "config.json").is_file()]
-    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)

@@ -4,11 +4,11 @@ shows its charts, and reacts to its widgets; plus the pure helpers behind the pa
 
 from __future__ import annotations
 
-import os
+from sdecore.process_setup import configure_threads
 
-# Before torch is imported anywhere in this process: spinning OpenMP threads slow torch
-# tens of times on a busy CPU (see dashboard/state.py).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The process-wide settings dashboard/app.py makes, made here too before this module's
+# imports load torch (docs/design.md §6.3).
+configure_threads()
 
 import json  # noqa: E402
 import shutil  # noqa: E402
@@ -180,39 +180,39 @@ def test_train_page_and_switching_to_a_trained_model(model_env, tmp_path):
 
 # ----------------------------------------------------------------------------- helpers
 def test_upload_conversion_and_checks(tmp_path):
-    from dashboard import corpus
+    from dashboard import uploads
 
     text = "\n\n".join(f"Paragraph {i} talks about plants and water." for i in range(45))
-    df = corpus.read_upload("notes.txt", text.encode())
+    df = uploads.read_upload("notes.txt", text.encode())
     assert list(df.columns) == ["prompt", "response"] and len(df) == 45
     assert df["prompt"].nunique() == 23  # groups of 45 // 20 = 2 paragraphs
     assert df["prompt"].iloc[0] == "paragraph group 1" and df["prompt"].iloc[2] == "paragraph group 2"
     csv = pd.DataFrame({"prompt": ["a", "b", "b"], "response": ["x y", "z", "w"]}).to_csv(index=False).encode()
-    assert len(corpus.read_upload("c.csv", csv)) == 3
+    assert len(uploads.read_upload("c.csv", csv)) == 3
     bad = pd.DataFrame({"question": ["a"], "answer": ["b"]}).to_csv(index=False).encode()
     for name, data, msg in (("c.csv", bad, "lacks column"), ("one.txt", b"just one paragraph", "paragraph"),
                             ("x.docx", b"abc", "type"), ("big.txt", b"a" * (6 * 2**20), "limit"),
                             ("e.jsonl", b"  ", "empty"), ("bad.txt", b"\xff\xfe\x00a\n\nb\xff", "UTF-8")):
         with pytest.raises(ValueError, match=msg):
-            corpus.read_upload(name, data)
+            uploads.read_upload(name, data)
 
 
 def test_train_frame_writes_a_loadable_model(tmp_path, monkeypatch):
     import sdecore
-    from dashboard import corpus
+    from dashboard import runs
 
     monkeypatch.setenv("SDECORE_RUNS", str(tmp_path))
     frame = pd.read_json(ROOT / "tests" / "data" / "tiny_corpus.jsonl", lines=True)
     seen = []
-    out, history = corpus.train_frame(frame, "tiny upload.jsonl", 1, 16, 64, seen.append)
+    out, history = runs.train_frame(frame, "tiny upload.jsonl", 1, 16, 64, seen.append)
     assert out.parent == tmp_path and out.name.startswith("tiny_upload-")
     assert len(seen) == 1 and seen[0]["epoch"] == 1 and len(history["epochs"]) == 1
-    assert (out / "map.json").is_file() and corpus.trained_models() == [out]
+    assert (out / "map.json").is_file() and runs.trained_models() == [out]
     assert sdecore.load_checkpoint(out).model.config.drift_hidden == 16
 
 
 def test_fan_chart_quantiles_and_magnitudes():
-    from dashboard import charts, state
+    from dashboard import charts, shaping
 
     values = np.array([[0.0, 1.0], [2.0, 3.0], [4.0, np.nan]])
     fig = charts.fan_chart(np.array([0.0, 1.0]), values, np.array([9.0, 9.0]), "q", "u", "t")
@@ -220,15 +220,15 @@ def test_fan_chart_quantiles_and_magnitudes():
     assert np.allclose(median.y, [2.0, 2.0])  # the NaN of a stopped path is ignored
     assert fig.layout.title.text == "t" and fig.layout.xaxis.title.text and fig.layout.yaxis.title.text == "q (u)"
     res = {"dt": 0.5, "scale": 2.0, "drift_norm": np.full((1, 3), 2.0), "sigma2": np.full((1, 3), 8.0)}
-    drift, diff = state.step_magnitudes(res)
+    drift, diff = shaping.step_magnitudes(res)
     assert drift.shape == (1, 2) and np.allclose(drift, 1.0)  # |mu| dt = 2 * 0.5
     assert np.allclose(diff, 4.0)  # 2 * sqrt(8 * 0.5)
 
 
 def test_token_spans_escape_and_glue():
-    from dashboard import render
+    from dashboard import token_html
 
-    html = render.token_spans(["<b>", "walk", "##ing"], [0.5, np.nan, 1.0], 1.0)
+    html = token_html.token_spans(["<b>", "walk", "##ing"], [0.5, np.nan, 1.0], 1.0)
     assert "&lt;b&gt;" in html and "<b>" not in html
     assert ">walk</span><span" in html  # the ##ing piece joins its word without a space
     assert "rgba(209,73,91,0.85)" in html  # full value, full shading

@@ -41,8 +41,7 @@ def _free_port() -> int:
 def server(tiny_ckpt, tmp_path_factory):
     port = _free_port()
     logs = tmp_path_factory.mktemp("dashboard_server")
-    env = dict(os.environ, SDECORE_MODEL=str(tiny_ckpt), SDECORE_RUNS=str(logs / "runs"),
-               OMP_WAIT_POLICY="PASSIVE")
+    env = dict(os.environ, SDECORE_MODEL=str(tiny_ckpt), SDECORE_RUNS=str(logs / "runs"))
     log = open(logs / "server.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.headless", "true",

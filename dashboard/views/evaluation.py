@@ -3,15 +3,15 @@
 import streamlit as st
 
 from dashboard import charts_eval as ce
-from dashboard import state
+from dashboard import session, shaping
 
 st.title("Evaluation")
 st.markdown(
     "How well the SDE predicts held-out text, next to baselines that share its emission (so perplexities compare "
     "dynamics, not decoders): **unigram** and **bigram** (Kneser-Ney) token models, **brownian** (no drift), "
     "**ar1** (a linear drift) and **drift_only** (the learned drift with a constant sigma).")
-ck, folder, stamp = state.require_checkpoint()
-files = state.evaluation_files(folder, stamp)
+ck, folder, stamp = session.require_checkpoint()
+files = shaping.evaluation_files(folder)
 report, frontier = files["report"], files["frontier"]
 HOW = (f"run `python -m sdecore evaluate --corpus ../shared/data/helpsteer_dev.jsonl --model {folder} --save` "
        f"(writes `report.json`) and `python -m sdecore frontier --corpus ../shared/data/helpsteer_dev.jsonl "

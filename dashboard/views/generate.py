@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-import sdecore
-from dashboard import charts, render, state
+from dashboard import charts, compute, session, shaping, token_html
+from sdecore.limits import MAX_PROMPT_TOKENS
 
 st.title("Generate")
 st.markdown(
@@ -14,20 +14,20 @@ st.markdown(
     "your diffusion knob. The same seed keeps the same Brownian path, so moving **s** bends the same "
     "paths rather than drawing new ones. The URL keeps these settings: copy it to share this view.")
 
-ck, folder, stamp = state.require_checkpoint()
-lo_p, hi_p = state.PAGE_LIMITS["paths"]
-lo_t, hi_t = state.PAGE_LIMITS["tokens"]
-lo_s, hi_s = state.PAGE_LIMITS["diffusion_scale"]
-lo_k, hi_k = state.PAGE_LIMITS["substeps"]
+ck, folder, stamp = session.require_checkpoint()
+lo_p, hi_p = session.PAGE_LIMITS["paths"]
+lo_t, hi_t = session.PAGE_LIMITS["tokens"]
+lo_s, hi_s = session.PAGE_LIMITS["diffusion_scale"]
+lo_k, hi_k = session.PAGE_LIMITS["substeps"]
 bind = {"bind": "query-params", "persist_state": "session"}
 
-prompt = st.text_area("Prompt", value=state.DEFAULT_PROMPT, key="prompt", height=68, **bind)
+prompt = st.text_area("Prompt", value=session.DEFAULT_PROMPT, key="prompt", height=68, **bind)
 scale = st.slider("Diffusion magnitude s (0 = drift only)", lo_s, hi_s, 1.0, step=0.05, key="scale", **bind,
                   help="Multiplies sigma: dx = mu dt + s sigma dW. Same seed, same Brownian path at every s.")
 c = st.columns([1, 1, 1.3, 1, 1.2, 1])
 paths = c[0].number_input(f"Paths ({lo_p}-{hi_p})", lo_p, hi_p, 8, key="paths", **bind)
 tokens = c[1].number_input(f"Tokens ({lo_t}-{hi_t})", lo_t, hi_t, 24, key="tokens", **bind)
-solver = c[2].selectbox("Solver", state.SOLVERS, index=0, key="solver", **bind,
+solver = c[2].selectbox("Solver", session.SOLVERS, index=0, key="solver", **bind,
                         help="em: the engine's Euler-Maruyama loop; euler, milstein, srk through torchsde "
                              "(srk costs about ten times euler).")
 substeps = c[3].number_input(f"Substeps ({lo_k}-{hi_k})", lo_k, hi_k, 1, key="substeps", **bind,
@@ -40,21 +40,21 @@ snap = c[5].toggle("Snap", value=True, key="snap", **bind,
 if not prompt.strip():
     st.error("The prompt is empty: type some text to continue, e.g. “How can I improve my sleep?”.")
     st.stop()
-if len(ck.embedder.encode(prompt)) > sdecore.config.MAX_PROMPT_TOKENS:
-    st.info(f"The prompt is longer than {sdecore.config.MAX_PROMPT_TOKENS} tokens: only its last "
-            f"{sdecore.config.MAX_PROMPT_TOKENS} are read.")
+if len(ck.embedder.encode(prompt)) > MAX_PROMPT_TOKENS:
+    st.info(f"The prompt is longer than {MAX_PROMPT_TOKENS} tokens: only its last "
+            f"{MAX_PROMPT_TOKENS} are read.")
 
 args = (folder, stamp, prompt, int(paths), int(tokens))
 rest = (solver, int(substeps), int(seed), bool(snap))
 try:
     with st.spinner("Simulating paths ..."):
-        res = state.generate(*args, float(scale), *rest)
-        base = state.generate(folder, stamp, prompt, 1, int(tokens), 0.0, *rest)
+        res = compute.generate(*args, float(scale), *rest)
+        base = compute.generate(folder, stamp, prompt, 1, int(tokens), 0.0, *rest)
 except ValueError as exc:
     st.error(f"Cannot generate: {exc}")
     st.stop()
 
-drift_mag, diff_mag = state.step_magnitudes(res)
+drift_mag, diff_mag = shaping.step_magnitudes(res)
 n_div = int(res["diverged"].sum())
 m = st.columns(4)
 m[0].metric("Paths diverged", f"{n_div} / {len(res['diverged'])}")
@@ -64,32 +64,32 @@ m[2].metric("Median |mu dt| per step", f"{np.nanmedian(drift_mag):.3g}")
 m[3].metric("Median s*sqrt(sum sigma^2 dt)", f"{np.nanmedian(diff_mag):.3g}")
 
 st.subheader("Continuations")
-st.markdown(render.legend_html("shading: how sure the decoding was (emission probability of each token)",
-                               (31, 111, 139), 1.0), unsafe_allow_html=True)
+st.markdown(token_html.legend_html("shading: how sure the decoding was (emission probability of each token)",
+                                   (31, 111, 139), 1.0), unsafe_allow_html=True)
 with st.container(key="continuations"):
-    base_spans = render.token_spans(base["token_strs"][0], base["probs"][0], 1.0, (31, 111, 139), "p")
+    base_spans = token_html.token_spans(base["token_strs"][0], base["probs"][0], 1.0, (31, 111, 139), "p")
     st.markdown(f"**Drift only (s = 0):** {base_spans}", unsafe_allow_html=True)
     for i, item in enumerate(res["texts"]):
         toks = res["token_strs"][i]
         flag = (f" &nbsp;⚠️ *diverged at step {int(res['diverged_at'][i]) + 1}*" if item["diverged"] else "")
         ok = res["token_ids"][i] >= 0
         sure = f"mean p {res['probs'][i][ok].mean():.2f}" if ok.any() else "no tokens"
-        spans = render.token_spans(toks, res["probs"][i][: len(toks)], 1.0, (31, 111, 139), "p")
+        spans = token_html.token_spans(toks, res["probs"][i][: len(toks)], 1.0, (31, 111, 139), "p")
         st.markdown(f"**{i + 1}.** {spans} <span style='color:#777;font-size:0.85em'>({sure})</span>{flag}",
                     unsafe_allow_html=True)
 
 st.subheader("Paths over time")
-m_stored = state.maps(folder, stamp)
+m_stored = compute.maps(folder, stamp)
 q1, q2 = st.columns(2)
 quantity = q1.radio("Fan chart quantity", ["distance from the vocabulary mean", "map axis 1"],
                     horizontal=True, key="fan_quantity")
 use_pca = q2.toggle("Use PCA instead of the stored map", key="use_pca", disabled=m_stored["stored"] is None,
                     help=m_stored["note"] or "Switch between the checkpoint's reference map and PCA of its tokens.")
-proj = state.projection(folder, stamp, use_pca)
+proj = shaping.projection(m_stored, use_pca)
 dim = res["states"].shape[-1]
-flat = state.project(proj, res["states"].reshape(-1, res["states"].shape[-1]))
+flat = shaping.project(proj, res["states"].reshape(-1, res["states"].shape[-1]))
 xy = list(flat.reshape(res["states"].shape[0], -1, 2))
-base_xy = state.project(proj, base["states"][0])
+base_xy = shaping.project(proj, base["states"][0])
 if quantity.startswith("distance"):
     values, base_values = np.linalg.norm(res["states"], axis=-1), np.linalg.norm(base["states"][0], axis=-1)
     qname, unit = "|x - vocabulary mean|", charts.UNIT

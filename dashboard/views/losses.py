@@ -5,17 +5,17 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts_losses as cl
-from dashboard import render, state
+from dashboard import compute, session, shaping, token_html
 
 DEFAULT_TEXT = ("Try to go to bed at the same time every night, keep your bedroom dark and cool, "
                 "and avoid screens for an hour before sleep.")
 
 st.title("Losses and trajectories")
-ck, folder, stamp = state.require_checkpoint()
+ck, folder, stamp = session.require_checkpoint()
 
 st.subheader("Training history")
 hist = ck.history or {}
-rows = pd.DataFrame(state.history_rows(hist), columns=["epoch", "split", "loss", "value"])
+rows = pd.DataFrame(shaping.history_rows(hist), columns=["epoch", "split", "loss", "value"])
 if rows.empty:
     st.info("This checkpoint has no training history (history.json is missing or empty).")
 else:
@@ -43,7 +43,7 @@ if not text.strip():
     st.error("The text is empty: type or paste at least two words.")
     st.stop()
 try:
-    tr = state.trajectory(folder, stamp, text)
+    tr = compute.trajectory(folder, stamp, text)
 except ValueError as exc:
     st.error(f"Cannot analyse this text: {exc}")
     st.stop()
@@ -51,28 +51,28 @@ except ValueError as exc:
 toks = tr["tokens"]
 pad = np.concatenate([[np.nan], tr["drift_loss"]])  # the first token is reached by no transition
 st.markdown("**Drift loss** of the step that reaches each token (darker: the drift predicted it worse)  \n"
-            + render.token_spans(toks, pad, float(np.nanmax(pad)), (31, 111, 139), "drift loss")
-            + "  \n" + render.legend_html("drift loss", (31, 111, 139), float(np.nanmax(pad)), "{:.2f}"),
+            + token_html.token_spans(toks, pad, float(np.nanmax(pad)), (31, 111, 139), "drift loss")
+            + "  \n" + token_html.legend_html("drift loss", (31, 111, 139), float(np.nanmax(pad)), "{:.2f}"),
             unsafe_allow_html=True)
 pad = np.concatenate([[np.nan], tr["diffusion_loss"]])
 lo = float(np.nanmin(pad))
 shifted = pad - min(lo, 0.0)  # the Gaussian NLL can be negative; shade from the smallest value
 st.markdown("**Diffusion loss** of the step that reaches each token (darker: the step was more surprising "
-            "for sigma)  \n" + render.token_spans(toks, shifted, float(np.nanmax(shifted)), (209, 73, 91),
-                                                    "diffusion loss (shifted)")
-            + "  \n" + render.legend_html(f"diffusion loss above {min(lo, 0.0):.2f}", (209, 73, 91),
-                                          float(np.nanmax(shifted)), "{:.2f}"), unsafe_allow_html=True)
+            "for sigma)  \n" + token_html.token_spans(toks, shifted, float(np.nanmax(shifted)), (209, 73, 91),
+                                                        "diffusion loss (shifted)")
+            + "  \n" + token_html.legend_html(f"diffusion loss above {min(lo, 0.0):.2f}", (209, 73, 91),
+                                              float(np.nanmax(shifted)), "{:.2f}"), unsafe_allow_html=True)
 
 st.plotly_chart(cl.token_loss_chart(toks, tr["drift_loss"], tr["diffusion_loss"], tr["nll"]), key="token_losses")
 st.caption("Tall bars mark the tokens the drift did not see coming; the black line is how unlikely the emission "
            "found the actual next token.")
 
-m_stored = state.maps(folder, stamp)
+m_stored = compute.maps(folder, stamp)
 use_pca = st.toggle("Use PCA instead of the stored map", key="traj_pca", disabled=m_stored["stored"] is None,
                     help=m_stored["note"] or "Switch between the checkpoint's reference map and PCA.")
-proj = state.projection(folder, stamp, use_pca)
+proj = shaping.projection(m_stored, use_pca)
 def tf(points):
-    return state.project(proj, points)
+    return shaping.project(proj, points)
 
 
 st.plotly_chart(cl.trajectory_map_chart(proj["ref_xy"], proj["ref_tokens"], tf(tr["states"]), tf(tr["one_step"]),

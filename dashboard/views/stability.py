@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts_stability as cs
-from dashboard import state
+from dashboard import compute, session
 
 st.title("Stability")
 st.markdown(
@@ -16,9 +16,9 @@ st.markdown(
     "**E V(t) ≤ V(0) e^(-alpha t) + beta/alpha (1 - e^(-alpha t))**: paths stay within beta/alpha of the centre. "
     "When beta/alpha outgrows the vocabulary cloud, text goes off the rails.")
 
-ck, folder, stamp = state.require_checkpoint()
+ck, folder, stamp = session.require_checkpoint()
 bind = {"bind": "query-params", "persist_state": "session"}
-prompt = st.text_area("Prompt", value=state.DEFAULT_PROMPT, key="prompt", height=68, **bind)
+prompt = st.text_area("Prompt", value=session.DEFAULT_PROMPT, key="prompt", height=68, **bind)
 scale = st.slider("Diffusion magnitude s", 0.0, 10.0, 1.0, step=0.05, key="scale", **bind)
 c = st.columns(4)
 paths = c[0].number_input("Paths (2-64)", 2, 64, 16, key="stab_paths", **bind)
@@ -36,7 +36,7 @@ if substeps < 4:
 
 try:
     with st.spinner("Simulating unsnapped paths ..."):
-        ly = state.lyapunov(folder, stamp, prompt, int(paths), int(tokens), float(scale), int(substeps), int(seed))
+        ly = compute.lyapunov(folder, stamp, prompt, int(paths), int(tokens), float(scale), int(substeps), int(seed))
 except ValueError as exc:
     st.error(f"Cannot simulate: {exc}")
     st.stop()
@@ -81,9 +81,9 @@ with right:
         st.info("Too few steps for an increment autocorrelation: ask for more tokens.")
 
 with sweep_slot:
-    with st.spinner(f"Sweeping {len(state.SWEEP_SCALES)} diffusion scales (cached afterwards) ..."):
-        sw = state.sweep(folder, stamp, prompt, state.SWEEP_SCALES, min(int(paths), 12), min(int(tokens), 20),
-                         int(substeps), int(seed))
+    with st.spinner(f"Sweeping {len(compute.SWEEP_SCALES)} diffusion scales (cached afterwards) ..."):
+        sw = compute.sweep(folder, stamp, prompt, compute.SWEEP_SCALES, min(int(paths), 12),
+                           min(int(tokens), 20), int(substeps), int(seed))
     st.plotly_chart(cs.sweep_chart(sw["scales"], sw["ultimate"], sw["beta"], sw["diverged_share"], sw["radius2"],
                                    sw["critical"], float(scale)), key="sweep")
     crit = (f"critical scale s ≈ {sw['critical']:.2f}" if sw["critical"] is not None

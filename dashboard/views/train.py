@@ -4,36 +4,36 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts_losses as cl
-from dashboard import corpus, state
+from dashboard import runs, shaping, uploads
 
 st.title("Train a model on your own text")
 st.markdown(
     f"Upload a corpus and train a small text SDE on it, then explore it on the other pages (the sidebar shows the "
     f"active model). Accepted: **.jsonl, .json, .csv, .parquet** with HelpSteer's columns `prompt` and `response` "
-    f"(score columns are kept if present), or **plain text (.txt)**. Limits: **{corpus.MAX_UPLOAD_MB} MB** per file "
-    f"and the first **{corpus.MAX_ROWS:,} rows**.\n\n"
+    f"(score columns are kept if present), or **plain text (.txt)**. Limits: **{uploads.MAX_UPLOAD_MB} MB** per file "
+    f"and the first **{uploads.MAX_ROWS:,} rows**.\n\n"
     f"*Plain text:* each paragraph (separated by a blank line) becomes a response, and consecutive paragraphs are "
-    f"grouped under synthetic prompts “paragraph group 1”, “paragraph group 2”, ... (about {corpus.TARGET_GROUPS} "
+    f"grouped under synthetic prompts “paragraph group 1”, “paragraph group 2”, ... (about {uploads.TARGET_GROUPS} "
     f"groups), because the engine splits training and validation data **by prompt**.")
 
-upload = st.file_uploader("Corpus file", type=list(corpus.UPLOAD_TYPES), key="upload",
-                          max_upload_size=corpus.MAX_UPLOAD_MB)
+upload = st.file_uploader("Corpus file", type=list(uploads.UPLOAD_TYPES), key="upload",
+                          max_upload_size=uploads.MAX_UPLOAD_MB)
 frame = None
 if upload is not None:
     try:
-        frame = corpus.read_upload(upload.name, upload.getvalue())
+        frame = uploads.read_upload(upload.name, upload.getvalue())
     except ValueError as exc:
         st.error(f"Cannot use this file: {exc}")
 if frame is not None:
     st.success(f"{upload.name}: {len(frame):,} rows, {frame['prompt'].nunique():,} distinct prompts "
-               f"(capped at {corpus.MAX_ROWS:,} rows).")
+               f"(capped at {uploads.MAX_ROWS:,} rows).")
     preview = frame[["prompt", "response"]].head(5).copy()
     preview["response"] = preview["response"].str.slice(0, 160)
     st.dataframe(preview, hide_index=True, width="stretch")
 
     c = st.columns(4)
     epochs = c[0].number_input("Epochs (1-20)", 1, 20, 3, key="train_epochs")
-    size = c[1].selectbox("Model size (hidden units)", list(corpus.MODEL_SIZES), key="train_size")
+    size = c[1].selectbox("Model size (hidden units)", list(runs.MODEL_SIZES), key="train_size")
     batch = c[2].select_slider("Batch size", [64, 128, 256, 512], value=256, key="train_batch")
     report = c[3].checkbox("Evaluate against baselines", value=False, key="train_report",
                            help="Writes report.json for the Evaluation page. Slow: adds a minute or more on a CPU.")
@@ -47,12 +47,12 @@ if frame is not None:
             v = record["validation"]
             bar.progress(len(records) / epochs, text=f"Epoch {record['epoch']} of {epochs}: validation total "
                          f"{v['total']:.3f}, token perplexity {v['token_ppl']:,.0f} ({record['seconds']:.0f} s)")
-            rows = pd.DataFrame(state.history_rows({"epochs": records}), columns=["epoch", "split", "loss", "value"])
+            rows = pd.DataFrame(shaping.history_rows({"epochs": records}), columns=["epoch", "split", "loss", "value"])
             live.plotly_chart(cl.history_chart(rows))
 
         try:
-            out, history = corpus.train_frame(frame, upload.name, int(epochs), corpus.MODEL_SIZES[size], int(batch),
-                                              on_epoch, report=bool(report))
+            out, history = runs.train_frame(frame, upload.name, int(epochs), runs.MODEL_SIZES[size], int(batch),
+                                            on_epoch, report=bool(report))
         except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
             st.error(f"Training failed: {exc}")
         else:
@@ -68,14 +68,14 @@ last = st.session_state.get("last_training")
 if last:
     st.subheader(f"Last training: {last['name']}")
     hist = last["history"]
-    rows = pd.DataFrame(state.history_rows(hist), columns=["epoch", "split", "loss", "value"])
+    rows = pd.DataFrame(shaping.history_rows(hist), columns=["epoch", "split", "loss", "value"])
     st.plotly_chart(cl.history_chart(rows, hist.get("references"), hist.get("best_epoch")), key="train_history")
     st.caption("Validation losses (dashed) below the dotted references mean the model learned more than a zero drift "
                "and a constant sigma.")
     st.success(f"Saved to `{last['folder']}` and active now: open **Generate** to explore it.")
     st.page_link("views/generate.py", label="Go to Generate", icon=":material/timeline:")
 
-previous = corpus.trained_models()
+previous = runs.trained_models()
 if previous:
     st.subheader("Models trained earlier")
     names = [p.name for p in previous]
