@@ -17,13 +17,17 @@ st.markdown(
     "When beta/alpha outgrows the vocabulary cloud, text goes off the rails.")
 
 ck, folder, stamp = session.require_checkpoint()
+lo_p, hi_p = session.PAGE_LIMITS["paths"]
+lo_t, hi_t = session.PAGE_LIMITS["tokens"]
+lo_s, hi_s = session.PAGE_LIMITS["diffusion_scale"]
+lo_k, hi_k = session.PAGE_LIMITS["substeps"]
 bind = {"bind": "query-params", "persist_state": "session"}
 prompt = st.text_area("Prompt", value=session.DEFAULT_PROMPT, key="prompt", height=68, **bind)
-scale = st.slider("Diffusion magnitude s", 0.0, 10.0, 1.0, step=0.05, key="scale", **bind)
+scale = st.slider("Diffusion magnitude s", lo_s, hi_s, 1.0, step=0.05, key="scale", **bind)
 c = st.columns(4)
-paths = c[0].number_input("Paths (2-64)", 2, 64, 16, key="stab_paths", **bind)
-tokens = c[1].number_input("Tokens (2-128)", 2, 128, 24, key="stab_tokens", **bind)
-substeps = c[2].number_input("Substeps (1-16)", 1, 16, 4, key="stab_substeps", **bind,
+paths = c[0].number_input(f"Paths ({lo_p}-{hi_p})", lo_p, hi_p, 16, key="stab_paths", **bind)
+tokens = c[1].number_input(f"Tokens ({lo_t}-{hi_t})", lo_t, hi_t, 24, key="stab_tokens", **bind)
+substeps = c[2].number_input(f"Substeps ({lo_k}-{hi_k})", lo_k, hi_k, 4, key="stab_substeps", **bind,
                              help="Euler-Maruyama steps per token. The bound is for the SDE: use 4 or more.")
 seed = c[3].number_input("Seed", 0, 2**31 - 1, 0, key="seed", **bind)
 
