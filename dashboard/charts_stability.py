@@ -1,7 +1,7 @@
 """Charts of Lyapunov stability and process properties (pure: arrays in, Figure out).
 
 V(x) = |x - x*|^2, LV = 2 (x - x*).mu + s^2 sum sigma^2, the envelope LV <= -alpha V + beta and
-the bound E V(t) <= V(0) e^{-alpha t} + beta/alpha (1 - e^{-alpha t}) (DESIGN.md section 2).
+the bound E V(t) <= V(0) e^{-alpha t} + beta/alpha (1 - e^{-alpha t}) (docs/design.md §4.1).
 """
 
 from __future__ import annotations
