@@ -211,6 +211,43 @@ def test_train_frame_writes_a_loadable_model(tmp_path, monkeypatch):
     assert sdecore.load_checkpoint(out).model.config.drift_hidden == 16
 
 
+def test_train_frame_report_evaluates_the_rows_it_trained_on(tmp_path, monkeypatch):
+    """With report=True the trained folder is evaluated (report.json) on the temporary corpus
+    file, while it still exists; without it, not at all."""
+    import sdecore
+    from dashboard import runs
+
+    frame = pd.DataFrame({"prompt": ["a", "b", "c"], "response": ["x y", "z", "w v"]})
+    calls = []
+
+    def fake_train(corpus, out, model_config, train_config, **kwargs):
+        calls.append(("train", out, pd.read_json(corpus, lines=True)))
+        return {"epochs": []}
+
+    def fake_report(folder, corpus, *, max_rows=None, embedder=None):
+        calls.append(("report", folder, pd.read_json(corpus, lines=True)))
+        return {}
+
+    monkeypatch.setattr(sdecore, "train_model", fake_train)
+    monkeypatch.setattr(runs, "write_report", fake_report)
+    out, _ = runs.train_frame(frame, "c.csv", 1, 16, 64, out=tmp_path / "m", report=True)
+    assert [c[0] for c in calls] == ["train", "report"] and calls[1][1] == out
+    pd.testing.assert_frame_equal(calls[1][2], frame)
+    runs.train_frame(frame, "c.csv", 1, 16, 64, out=tmp_path / "m2")
+    assert [c[0] for c in calls] == ["train", "report", "train"]
+
+
+def test_page_limits_lie_within_the_engines():
+    from dashboard import session
+    from sdecore import limits
+
+    assert session.SOLVERS == limits.SOLVERS
+    assert set(session.PAGE_LIMITS) <= set(limits.LIMITS)
+    for name, (lo, hi) in session.PAGE_LIMITS.items():
+        assert limits.LIMITS[name][0] == lo <= hi <= limits.LIMITS[name][1]
+        assert limits.check_limit(name, hi) == hi
+
+
 def test_fan_chart_quantiles_and_magnitudes():
     from dashboard import charts, shaping
 
