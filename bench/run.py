@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from sdecore.process_setup import configure_threads  # noqa: E402
+
+configure_threads()  # before torch is imported: docs/design.md §6.3
 
 import torch  # noqa: E402
 import torchsde  # noqa: E402
@@ -66,7 +68,7 @@ def bench_brownian(paths: int, dim: int, steps: int) -> dict:
 
 def bench_training(ckpt, batch: int, repeat: int) -> dict:
     from sdecore.config import TrainConfig
-    from sdecore.train import _weighted
+    from sdecore.train import weighted_loss
 
     model, dim = ckpt.model.train(), ckpt.model.dim
     dev = model.emb_mean.device
@@ -79,7 +81,7 @@ def bench_training(ckpt, batch: int, repeat: int) -> dict:
 
     def step():
         model.zero_grad()
-        _weighted(model(x, h, t, x, v), cfg).backward()
+        weighted_loss(model(x, h, t, x, v), cfg).backward()
 
     s = _time(step, repeat)
     model.eval()

@@ -19,7 +19,7 @@ from sdecore.process_setup import configure_threads  # noqa: E402
 configure_threads()
 
 import streamlit as st  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402  (comes with scikit-learn)
+from threadpoolctl import threadpool_limits  # noqa: E402  (the dashboard extra brings it)
 
 from dashboard import compute, session  # noqa: E402
 

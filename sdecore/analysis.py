@@ -1,6 +1,6 @@
 """Analysis of a trained text SDE: Lyapunov stability along sample paths, the sweep over
 diffusion scales, where the diffusion is large, and a real text's path against the
-drift's predictions. The mathematics lives in :mod:`stability` and :mod:`processes`;
+drift's predictions (docs/design.md §4.1, §4.2). The mathematics lives in :mod:`stability` and :mod:`processes`;
 this module evaluates the model and feeds them.
 
 The Lyapunov centre ``x*`` is the vocabulary mean, which is the origin of the
@@ -110,7 +110,7 @@ class ScaleSweep:
     critical: float | None
 
 
-def stability_sweep(model: TextSDE, embedder: Embedder, prompt: str, scales, paths: int = 32, tokens: int = 32,
+def stability_sweep(model: TextSDE, embedder: Embedder, prompt: str, scales, *, paths: int = 32, tokens: int = 32,
                     seed: int = 0, solver: str = "em", substeps: int = 1) -> ScaleSweep:
     """Fit ``LV <= -alpha V + beta`` on continuous (unsnapped) paths at each scale.
 

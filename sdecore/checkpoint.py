@@ -1,4 +1,4 @@
-"""Checkpoint folder: read and write, atomically, with nothing unpickled.
+"""The checkpoint folder (docs/design.md §5.3): read and write, atomically, with nothing unpickled.
 
     config.json              format version, model config, embedder name + fingerprint, credit
     weights.safetensors      the best epoch by validation loss (float16: inference only)
@@ -30,7 +30,11 @@ MAP_TENSORS, MAP_META = "map.safetensors", "map.json"
 # Files derived from one trained model: a new training run removes them all, so nothing stale
 # is shown beside the new model.
 DERIVED = (WEIGHTS, TRAIN_STATE, HISTORY, REPORT, FRONTIER, MAP_TENSORS, MAP_META)
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "model"
+_HERE = Path(__file__).resolve().parent
+# The shipped model: assets/model beside the package in a checkout, sdecore/assets/model in an
+# installed copy (pyproject.toml maps the one onto the other).
+DEFAULT_MODEL_DIR = next((d for d in (_HERE.parent / "assets" / "model", _HERE / "assets" / "model") if d.is_dir()),
+                         _HERE.parent / "assets" / "model")
 
 
 def _atomic(path: Path, write) -> None:

@@ -1,4 +1,6 @@
-"""Configuration dataclasses and the valid ranges shared by the CLI and the dashboard."""
+"""The model and training settings (docs/design.md §2), the checkpoint format version and the data credit.
+
+Valid ranges of user-facing settings live in :mod:`sdecore.limits`."""
 
 from __future__ import annotations
 
@@ -9,17 +11,6 @@ from .embedding import DEFAULT_EMBEDDER
 
 FORMAT_VERSION = 1
 DATA_CREDIT = "NVIDIA HelpSteer (CC-BY-4.0)"
-
-# Valid ranges of user-facing numbers (DESIGN.md section 4).
-MAX_PROMPT_TOKENS = 512
-LIMITS = {
-    "paths": (1, 4096),
-    "tokens": (1, 512),
-    "diffusion_scale": (0.0, 10.0),
-    "substeps": (1, 64),
-}
-SOLVERS = ("em", "euler", "milstein", "srk")
-
 
 @dataclass
 class ModelConfig:
@@ -78,7 +69,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings. Loss weights follow DESIGN.md section 2: the total is
+    """Optimisation settings. Loss weights follow docs/design.md §2.5: the total is
     ``drift + diffusion + ce_weight * cross-entropy``."""
 
     epochs: int = 10
@@ -119,14 +110,3 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def check_range(name: str, value, flag: str | None = None):
-    """Raise ``ValueError`` unless ``value`` lies in ``LIMITS[name]``."""
-    lo, hi = LIMITS[name]
-    flag = flag or "--" + name.replace("_", "-")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{flag} must be a finite number between {lo} and {hi}, got {value}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{flag} must be between {lo} and {hi}, got {value}")
-    return value

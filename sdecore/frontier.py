@@ -1,4 +1,5 @@
-"""Quality of generated text as the diffusion scale sweeps: the relevance-versus-diversity frontier.
+"""Quality of generated text as the diffusion scale sweeps: the relevance-versus-diversity frontier
+(docs/design.md §4.4).
 
 For each generator (the SDE at each diffusion scale ``s``, and a Kneser-Ney bigram sampled at
 temperature 1 as the reference) and the distinct prompts of the evaluated (validation) split:
@@ -26,8 +27,8 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,11 +37,12 @@ import torch
 
 from .baselines import KneserNeyBigramLM
 from .checkpoint import FRONTIER, Checkpoint, write_json
-from .config import DATA_CREDIT, LIMITS, MAX_PROMPT_TOKENS, TrainConfig, check_range
+from .config import DATA_CREDIT, TrainConfig
 from .data import load_corpus, split_by_prompt
 from .embedding import Embedder
+from .limits import MAX_PROMPT_TOKENS, check_int, check_lengths, check_limit, check_scales, check_seed
 from .simulate import simulate_paths
-from .textquality import bleu, distinct_n, relevance_scores, rouge_l, self_bleu
+from .textquality import bleu, distinct_n, relevance_scores, require_text_measures, rouge_l, self_bleu
 from .transitions import encode_rows, training_tokens
 
 log = logging.getLogger(__name__)
@@ -159,76 +161,50 @@ def _probe_items(embedder: Embedder, df: pd.DataFrame, prompts: Sequence[str], p
     return items
 
 
-def _check_positive_int(name: str, value, hi: int | None = None) -> int:
-    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if not ok or value < 1 or (hi is not None and value > hi):
-        bound = f"between 1 and {hi}" if hi is not None else "at least 1"
-        raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
-    return int(value)
-
-
-def _check_scales(name: str, scales) -> tuple[float, ...]:
-    try:
-        values = tuple(float(s) for s in scales)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a list of numbers between 0 and 10, got {scales!r}") from None
-    if not values:
-        raise ValueError(f"{name} is empty; give at least one diffusion scale between 0 and 10, e.g. 0 0.5 1")
-    for s in values:
-        check_range("diffusion_scale", s, flag=name)
-    return tuple(dict.fromkeys(values))
-
-
-def _check_args(scales, max_prompts, paths, tokens, prefix_tokens, cont_tokens, seed, lengths, max_rows,
-                length_prompts, length_paths, ood_scales) -> tuple[tuple[float, ...], tuple[int, ...], tuple]:
-    """Validate the settings of :func:`frontier_report`; the scales (deduplicated), sorted lengths, OOD scales."""
-    scales = _check_scales("--scales", scales)
-    ood_scales = _check_scales("ood_scales", ood_scales)
-    _check_positive_int("--max-prompts", max_prompts)
-    _check_positive_int("--paths", paths, LIMITS["paths"][1])
-    _check_positive_int("--tokens", tokens, LIMITS["tokens"][1])
-    _check_positive_int("--prefix-tokens", prefix_tokens, MAX_PROMPT_TOKENS)
-    _check_positive_int("--cont-tokens", cont_tokens, LIMITS["tokens"][1])
-    _check_positive_int("length_prompts", length_prompts)
-    _check_positive_int("length_paths", length_paths, LIMITS["paths"][1])
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:  # simulate_paths takes a plain int
-        raise ValueError(f"--seed must be a non-negative integer, got {seed!r}")
-    if max_rows is not None:
-        _check_positive_int("--max-rows", max_rows)
-    lengths = tuple(lengths)
-    if not lengths:
-        raise ValueError("--lengths is empty; give at least one continuation length between 1 and 512, e.g. 16 64")
-    lengths = tuple(_check_positive_int("--lengths", n, LIMITS["tokens"][1]) for n in lengths)
-    return scales, tuple(sorted(set(lengths))), ood_scales
-
-
 # --------------------------------------------------------------------------- the report
-def frontier_report(
-    ckpt: Checkpoint,
-    corpus: str | Path,
-    fit_corpus: str | Path | None = None,
-    scales: Sequence[float] = DEFAULT_SCALES,
-    max_prompts: int = 12,
-    paths: int = 4,
-    tokens: int = 24,
-    prefix_tokens: int = 16,
-    cont_tokens: int = 16,
-    seed: int = 0,
-    lengths: Sequence[int] = (16, 64, 256),
-    max_rows: int | None = None,
-    *,
-    length_prompts: int = 4,
-    length_paths: int = 2,
-    ood_scales: Sequence[float] = OOD_SCALES,
-) -> dict:
-    """Generated-text quality of the SDE at each diffusion scale, and of a Kneser-Ney bigram,
-    on the validation split of ``corpus`` (see the module docstring for the measures).
+@dataclass(frozen=True)
+class FrontierSettings:
+    """What :func:`frontier_report` generates and measures.
 
-    The bigram is fitted on the train split of ``fit_corpus`` (default: ``corpus``). Prompts are
-    the evaluated split's distinct prompts, at most ``max_prompts``; ``paths`` continuations of
-    ``tokens`` tokens each, all from one ``seed``. The length probe runs at scale 0.5 on the first
-    ``length_prompts`` prompts with ``length_paths`` paths; the out-of-distribution probe at
-    ``ood_scales`` with ``paths`` paths of ``tokens`` tokens.
+    At most ``max_prompts`` validation prompts, ``paths`` continuations of ``tokens`` tokens
+    each at every diffusion scale in ``scales``, all from one ``seed``. Closeness: continuations
+    of ``cont_tokens`` after a held-out response's first ``prefix_tokens``. The length probe
+    reads one run at scale 0.5 at each of ``lengths`` on the first ``length_prompts`` prompts
+    with ``length_paths`` paths; the out-of-distribution probe runs at ``ood_scales``.
+    """
+
+    scales: tuple[float, ...] = DEFAULT_SCALES
+    max_prompts: int = 12
+    paths: int = 4
+    tokens: int = 24
+    prefix_tokens: int = 16
+    cont_tokens: int = 16
+    seed: int = 0
+    lengths: tuple[int, ...] = (16, 64, 256)
+    length_prompts: int = 4
+    length_paths: int = 2
+    ood_scales: tuple[float, ...] = OOD_SCALES
+
+    def validated(self) -> FrontierSettings:
+        """The settings checked against docs/design.md §5.2 (``ValueError`` naming the flag),
+        with the scales deduplicated and the lengths sorted."""
+        return replace(
+            self, scales=check_scales(self.scales, "--scales"), ood_scales=check_scales(self.ood_scales, "ood_scales"),
+            max_prompts=check_int(self.max_prompts, "--max-prompts", 1), paths=check_limit("paths", self.paths),
+            tokens=check_limit("tokens", self.tokens),
+            prefix_tokens=check_int(self.prefix_tokens, "--prefix-tokens", 1, MAX_PROMPT_TOKENS),
+            cont_tokens=check_limit("tokens", self.cont_tokens, "--cont-tokens"), seed=check_seed(self.seed),
+            lengths=check_lengths(self.lengths, "--lengths"),
+            length_prompts=check_int(self.length_prompts, "length_prompts", 1),
+            length_paths=check_limit("paths", self.length_paths, "length_paths"))
+
+
+def frontier_report(ckpt: Checkpoint, corpus: str | Path, settings: FrontierSettings | None = None, *,
+                    fit_corpus: str | Path | None = None, max_rows: int | None = None) -> dict:
+    """Generated-text quality of the SDE at each diffusion scale, and of a Kneser-Ney bigram,
+    on the validation split of ``corpus`` (see the module docstring for the measures and
+    :class:`FrontierSettings` for what is generated). The bigram is fitted on the train split
+    of ``fit_corpus`` (default: ``corpus``); both read at most ``max_rows`` rows.
 
     Returns the JSON-ready ``{"corpus", "fit_corpus", "split", "n_prompts", "settings", "rows",
     "lengths", "out_of_distribution", "data_credit"}``; ``rows`` holds one entry per
@@ -238,9 +214,11 @@ def frontier_report(
     Raises ``ValueError`` for bad settings or a corpus with no validation prompts and
     ``FileNotFoundError`` for a missing corpus.
     """
-    scales, lengths, ood_scales = _check_args(scales, max_prompts, paths, tokens, prefix_tokens, cont_tokens, seed,
-                                              lengths, max_rows, length_prompts, length_paths, ood_scales)
-    ckpt.model.cpu().eval()
+    st = (settings or FrontierSettings()).validated()
+    if max_rows is not None:
+        check_int(max_rows, "--max-rows", 1)
+    require_text_measures()
+    ckpt.model.eval()
     emb = ckpt.embedder
     train_cfg = ckpt.history.get("train_config", {})
     val_fraction = train_cfg.get("val_fraction", TrainConfig.val_fraction)
@@ -252,10 +230,10 @@ def frontier_report(
     fit_df = split_by_prompt(load_corpus(fit_src, max_rows), val_fraction).train
     if fit_df.empty:
         raise ValueError(f"the fit corpus {fit_src} has no train rows; give one with at least two distinct prompts")
-    prompts = [p for p in dict.fromkeys(eval_df["prompt"]) if p.strip()][:max_prompts]
+    prompts = [p for p in dict.fromkeys(eval_df["prompt"]) if p.strip()][:st.max_prompts]
     if not prompts:
         raise ValueError(f"corpus {corpus} has no non-empty validation prompts")
-    perm = derangement(len(prompts), seed)
+    perm = derangement(len(prompts), st.seed)
     cache: dict[str, np.ndarray] = {}  # sentence embeddings, so each prompt is embedded once
     n_long = sum(len(emb.encode(p)) > MAX_PROMPT_TOKENS for p in prompts)
     if n_long:
@@ -264,32 +242,30 @@ def frontier_report(
 
     seqs, firsts = encode_rows(emb, fit_df, training=True, include_prompts=train_cfg.get("include_prompts", True))
     lm = KneserNeyBigramLM().fit(training_tokens(seqs, firsts), emb.support_mask, discount=BIGRAM_DISCOUNT)
-    items = _probe_items(emb, eval_df, prompts, prefix_tokens, cont_tokens)
+    items = _probe_items(emb, eval_df, prompts, st.prefix_tokens, st.cont_tokens)
     if not items:
-        log.warning("no validation response has more than %d tokens: BLEU and ROUGE-L are undefined", prefix_tokens)
+        log.warning("no validation response has more than %d tokens: BLEU and ROUGE-L are undefined", st.prefix_tokens)
     refs = [it["ref"] for it in items]
 
     rows = []
-    for scale in scales:
+    for scale in st.scales:
         log.info("frontier: SDE at diffusion scale %g on %d prompts", scale, len(prompts))
-        ids, at = _sde_continuations(ckpt, prompts, paths, tokens, scale, seed)
-        close_ids, _ = _sde_continuations(ckpt, [it["text"] for it in items], paths, cont_tokens, scale, seed)
+        ids, at = _sde_continuations(ckpt, prompts, st.paths, st.tokens, scale, st.seed)
+        close_ids, _ = _sde_continuations(ckpt, [it["text"] for it in items], st.paths, st.cont_tokens, scale, st.seed)
         rows.append(_row("sde", scale, emb, ids, prompts, perm, _decode_all(emb, close_ids), refs,
                          float(np.mean([a >= 0 for block in at for a in block])), cache))
     log.info("frontier: Kneser-Ney bigram on %d prompts", len(prompts))
     starts = [emb.encode(p)[-1] for p in prompts]  # every prompt has a token: simulate_paths read it above
-    ids = sample_bigram(lm, starts, paths, tokens, seed)
-    close_ids = sample_bigram(lm, [it["last"] for it in items], paths, cont_tokens, seed)
+    ids = sample_bigram(lm, starts, st.paths, st.tokens, st.seed)
+    close_ids = sample_bigram(lm, [it["last"] for it in items], st.paths, st.cont_tokens, st.seed)
     rows.append(_row("bigram", None, emb, ids, prompts, perm, _decode_all(emb, close_ids), refs, 0.0, cache))
 
-    settings = {"scales": list(scales), "max_prompts": max_prompts, "paths": paths, "tokens": tokens,
-                "prefix_tokens": prefix_tokens, "cont_tokens": cont_tokens, "seed": seed, "lengths": list(lengths),
-                "length_prompts": length_prompts, "length_paths": length_paths, "ood_scales": list(ood_scales),
-                "n_closeness_prompts": len(items)}
+    settings_out = {**asdict(st), "n_closeness_prompts": len(items)}
+    settings_out.update({k: list(v) for k, v in settings_out.items() if isinstance(v, tuple)})
+    lengths = length_probe(ckpt, prompts[:st.length_prompts], st.lengths, st.length_paths, st.seed, cache=cache)
     return {"corpus": str(corpus), "fit_corpus": str(fit_src), "split": "validation", "n_prompts": len(prompts),
-            "settings": settings, "rows": rows,
-            "lengths": length_probe(ckpt, prompts[:length_prompts], lengths, length_paths, seed, cache=cache),
-            "out_of_distribution": ood_probe(ckpt, ood_scales, paths, tokens, seed, cache=cache),
+            "settings": settings_out, "rows": rows, "lengths": lengths,
+            "out_of_distribution": ood_probe(ckpt, st.ood_scales, st.paths, st.tokens, st.seed, cache=cache),
             "data_credit": DATA_CREDIT}
 
 

@@ -1,4 +1,4 @@
-"""Drift, diffusion and memory as one torchsde-compatible SDE (DESIGN.md section 2).
+"""Drift, diffusion and memory as one torchsde-compatible SDE (docs/design.md §2).
 
 The state is ``y = [x, h]`` with ``x`` the standardised embedding of the current token
 and ``h = [h_1, ..., h_K]`` exponential moving averages of ``x`` at fixed time scales:

@@ -19,3 +19,12 @@ def configure_threads() -> None:
     is imported.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def quiet_libraries() -> None:
+    """No progress bars from the Hugging Face libraries (such as sentence-transformers'
+    "Loading weights") and only their errors, unless the environment says otherwise: the
+    command line's output is its own. ``--verbose`` skips this."""
+    for var, value in (("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"),
+                       ("TRANSFORMERS_VERBOSITY", "error"), ("TOKENIZERS_PARALLELISM", "false")):
+        os.environ.setdefault(var, value)

@@ -1,4 +1,4 @@
-"""The reference map: a 2-D picture of embedding space that paths are drawn on.
+"""The reference map: a 2-D picture of embedding space that paths are drawn on (docs/design.md §4.5).
 
 Fitted once on reference points — the vocabulary tokens most frequent in the training
 corpus and states of the model's own sample paths — and stored with the checkpoint. It
@@ -160,20 +160,19 @@ def _fit_regressor(points: np.ndarray, target: np.ndarray, hidden: int, steps: i
     return net.eval()
 
 
-def reference_points(model, train_tokens: list[list[int]], prompts: list[str], n_tokens: int = 2000,
+def reference_points(model, embedder, train_tokens: list[list[int]], prompts: list[str], *, n_tokens: int = 2000,
                      seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The map's reference points: the standardised embeddings of the ``n_tokens`` most
-    frequent training tokens, then states of the model's own unsnapped sample paths from
+    frequent training tokens, then states of the model's own sample paths (each token step's state before snapping) from
     half of ``prompts``; the other half's path states are held out to judge the transform.
     Returns (points, token ids of the first points, held-out points)."""
-    from .embedding import Embedder  # noqa: F401  (type only)
     from .simulate import simulate_paths
 
     ids = frequent_tokens(train_tokens, model.emission.support_mask.cpu(), n_tokens)
     tok_points = model.token_states(torch.as_tensor(ids, device=model.emb_mean.device)).cpu().numpy()
     states = []
     for k, prompt in enumerate(prompts):
-        res = simulate_paths(model, model.embedder_ref, prompt, paths=8, tokens=24, diffusion_scale=1.0, seed=seed + k,
+        res = simulate_paths(model, embedder, prompt, paths=8, tokens=24, diffusion_scale=1.0, seed=seed + k,
                              snap=True, record_states=True)
         st = res.states[:, 1:].reshape(-1, model.dim)
         states.append(st[torch.isfinite(st).all(-1)].numpy())
@@ -182,13 +181,12 @@ def reference_points(model, train_tokens: list[list[int]], prompts: list[str], n
     return np.concatenate([tok_points, fit_states]).astype(np.float32), ids, held.astype(np.float32)
 
 
-def fit_reference_map(model, embedder, train_tokens: list[list[int]], prompts: list[str], kind: str = "pca",
+def fit_reference_map(model, embedder, train_tokens: list[list[int]], prompts: list[str], *, kind: str = "pca",
                       seed: int = 0) -> PCAMap | UMAPMap:
     """Fit the reference map of ``kind`` (``pca`` or ``umap``) on :func:`reference_points`."""
     if kind not in MAP_KINDS or kind == "none":
         raise ValueError(f"--map must be one of {', '.join(MAP_KINDS)}, got {kind!r}")
-    model.embedder_ref = embedder
-    points, ids, held = reference_points(model, train_tokens, prompts[:16], seed=seed)
+    points, ids, held = reference_points(model, embedder, train_tokens, prompts[:16], seed=seed)
     if kind == "pca":
         return PCAMap().fit(points, ids)
     return UMAPMap(seed=seed).fit(points, ids, held)

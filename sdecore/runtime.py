@@ -1,4 +1,4 @@
-"""Where computation runs: device choice and the torchrun (DDP) process group."""
+"""Where computation runs: device choice and the torchrun (DDP) process group (docs/design.md §2.5)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,21 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-DEVICES = ("auto", "cpu", "cuda")
+from .limits import check_device
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` means CUDA when a GPU is visible, else the CPU."""
-    if device not in DEVICES and not device.startswith("cuda:"):
-        raise ValueError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` means CUDA when a GPU is visible, else the CPU; also ``cpu``, ``cuda``, ``cuda:N``."""
+    device = check_device(str(device))
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device} was asked for but no CUDA GPU is visible; use --device cpu or auto")
+        index = int(device[5:]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA GPU(s), "
+                             f"numbered from 0")
     return torch.device(device)
 
 

@@ -1,4 +1,4 @@
-"""Sample paths of the text SDE from a prompt, and their decoded text.
+"""Sample paths of the text SDE from a prompt, and their decoded text (docs/design.md §3).
 
 Each new token is one SDE step of length dt, integrated with ``substeps`` solver steps:
 ``em`` (the engine's own Euler-Maruyama loop) or ``euler``, ``milstein``, ``srk`` through
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 import torchsde
 
-from .config import MAX_PROMPT_TOKENS, SOLVERS, check_range
 from .embedding import Embedder
+from .limits import MAX_PROMPT_TOKENS, SOLVERS, check_choice, check_limit, check_seed, check_temperature
 from .model import ScaledSDE, TextSDE
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,7 @@ def simulate_paths(
     model: TextSDE,
     embedder: Embedder,
     prompt: str,
+    *,
     paths: int = 8,
     tokens: int = 32,
     diffusion_scale: float = 1.0,
@@ -121,16 +122,10 @@ def simulate_paths(
     whose x becomes non-finite or leaves the ball of ``divergence_radius`` times the
     vocabulary cloud's radius is stopped and flagged; the others go on.
     """
-    check_range("paths", paths)
-    check_range("tokens", tokens)
-    check_range("diffusion_scale", float(diffusion_scale))
-    check_range("substeps", substeps)
-    if solver not in SOLVERS:
-        raise ValueError(f"--solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"--seed must be a non-negative integer, got {seed!r}")
-    if not (math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"--temperature must be a finite number of at least 0, got {temperature}")
+    paths, tokens = check_limit("paths", paths), check_limit("tokens", tokens)
+    diffusion_scale, substeps = check_limit("diffusion_scale", diffusion_scale), check_limit("substeps", substeps)
+    solver, seed = check_choice(solver, SOLVERS, "--solver"), check_seed(seed)
+    temperature = check_temperature(temperature)
     prompt_ids = check_prompt(embedder, prompt)
 
     model.eval()

@@ -1,6 +1,6 @@
 """Measures of generated text: relevance to a prompt through the real all-MiniLM-L6-v2
 sentence model, diversity (distinct-n, self-BLEU) and closeness to a reference (BLEU with
-``sacrebleu``, ROUGE-L with ``rouge-score``)."""
+``sacrebleu``, ROUGE-L with ``rouge-score``); docs/design.md §4.4."""
 
 from __future__ import annotations
 
@@ -12,6 +12,12 @@ import numpy as np
 from .extras import require
 
 _PURPOSE = "measuring generated text (the frontier)"
+
+
+def require_text_measures() -> None:
+    """Fail early, with the extra to install, when a library the measures need is missing."""
+    for module in ("sentence_transformers", "sacrebleu", "rouge_score"):
+        require(module, _PURPOSE)
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,5 +1,5 @@
 """Training: teacher forcing on the Euler-Maruyama transition density, on CPU, GPU or
-several processes through ``torchrun`` (PyTorch DDP).
+several processes through ``torchrun`` (PyTorch DDP); docs/design.md §2.5.
 
 Every epoch logs the drift, diffusion, emission cross-entropy and total losses on the
 train and validation splits (split by prompt), keeps the best epoch by validation total

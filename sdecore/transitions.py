@@ -1,4 +1,5 @@
-"""Token sequences to teacher-forced transitions ``(x_k, h_k, t_k) -> (x_{k+1}, v_{k+1})``.
+"""Token sequences to teacher-forced transitions ``(x_k, h_k, t_k) -> (x_{k+1}, v_{k+1})``
+(docs/design.md §2.5).
 
 A corpus row is read as its prompt followed by its response, so the memory at a response
 token holds the prompt, as it does when a prompt is continued. Which pairs count:
@@ -14,8 +15,8 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from .config import MAX_PROMPT_TOKENS
 from .embedding import Embedder
+from .limits import MAX_PROMPT_TOKENS
 from .model import TextSDE
 
 _CHUNK = 64  # sequences whose memory is computed together
@@ -39,6 +40,10 @@ class Transitions:
 
     def __len__(self) -> int:
         return self.x.shape[0]
+
+    def to(self, device: torch.device | str) -> Transitions:
+        """The same transitions with every tensor on ``device``."""
+        return Transitions(**{f: getattr(self, f).to(device) for f in self.__dataclass_fields__})
 
     def take(self, idx: torch.Tensor, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
         """The batch ``idx`` as (x, h, t, x_next, v_next) on ``device``."""

@@ -37,12 +37,14 @@ def embedder():
 
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory, embedder) -> Path:
-    """A checkpoint trained for a few epochs on the tiny corpus (with a PCA map)."""
-    from sdecore import ModelConfig, TrainConfig, train_model
+    """A checkpoint trained for a few epochs on the tiny corpus (with a PCA map), then evaluated
+    into its report.json, as `sdecore train` does."""
+    from sdecore import ModelConfig, TrainConfig, train_model, write_report
 
     out = tmp_path_factory.mktemp("tiny_model")
     train_model(TINY_CORPUS, out, ModelConfig(drift_hidden=64, diffusion_hidden=32),
                 TrainConfig(epochs=4, batch_size=64, map="pca", seed=0), device="cpu", progress=False)
+    write_report(out, TINY_CORPUS, embedder=embedder)
     return out
 
 

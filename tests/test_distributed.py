@@ -19,6 +19,7 @@ def test_torchrun_two_processes(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     hist = json.loads((out / "history.json").read_text())
     assert len(hist["epochs"]) == 2 and "references" in hist
+    assert json.loads((out / "report.json").read_text())["split"] == "validation"  # the step after training
     # each process took half of the batches: the history is written once, by rank 0
     assert r.stdout.count("wrote ") == 1
 

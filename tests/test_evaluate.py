@@ -44,7 +44,7 @@ def test_counts_and_breakdown(report, tiny_model):
 
 
 def test_validation_split_is_smaller(tiny_ckpt, report):
-    val = json.loads((tiny_ckpt / "report.json").read_text())  # written by train on the validation split
+    val = json.loads((tiny_ckpt / "report.json").read_text())  # written by write_report on the validation split
     assert 0 < val["n_transitions"] < report["n_transitions"] and val["split"] == "validation"
 
 
@@ -85,7 +85,7 @@ def test_cli_bad_corpus(tiny_ckpt, capsys, tmp_path):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_train_writes_the_validation_report(tiny_ckpt):
+def test_write_report_writes_the_validation_report(tiny_ckpt):
     rep = json.loads((tiny_ckpt / "report.json").read_text())
     assert rep["split"] == "validation" and set(rep["models"]) == set(MODEL_NAMES)
     assert rep["data_credit"] == "NVIDIA HelpSteer (CC-BY-4.0)"

@@ -12,6 +12,7 @@ from sdecore.baselines import KneserNeyBigramLM
 from sdecore.frontier import (
     FRONTIER,
     OOD_PROMPTS,
+    FrontierSettings,
     derangement,
     format_frontier,
     frontier_report,
@@ -85,8 +86,9 @@ def test_bigram_sampling_is_reproducible_with_a_seed():
 # --------------------------------------------------------------------------- the report on the tiny model
 @pytest.fixture(scope="module")
 def report(tiny_model):
-    return frontier_report(tiny_model, TINY_CORPUS, max_prompts=2, paths=2, tokens=6, scales=(0, 1),
-                           prefix_tokens=4, cont_tokens=4, lengths=(8,), length_prompts=2, length_paths=2)
+    settings = FrontierSettings(max_prompts=2, paths=2, tokens=6, scales=(0, 1), prefix_tokens=4, cont_tokens=4,
+                                lengths=(8,), length_prompts=2, length_paths=2)
+    return frontier_report(tiny_model, TINY_CORPUS, settings)
 
 
 def test_report_structure_and_ranges(report):
@@ -123,7 +125,7 @@ def test_format_and_write(report, tmp_path):
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"scales": ()}, "--scales is empty"),
-    ({"scales": (0.5, -1)}, "--scales must be between 0"),
+    ({"scales": (0.5, -1)}, "--scales must be a finite number between 0"),
     ({"scales": (math.nan,)}, "--scales must be a finite number"),
     ({"paths": 0}, "--paths must be an integer"),
     ({"lengths": ()}, "--lengths is empty"),
@@ -131,7 +133,7 @@ def test_format_and_write(report, tmp_path):
 ])
 def test_bad_settings_raise(tiny_model, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        frontier_report(tiny_model, TINY_CORPUS, **kwargs)
+        frontier_report(tiny_model, TINY_CORPUS, FrontierSettings(**kwargs))
 
 
 def test_unknown_corpus_raises(tiny_model, tmp_path):

@@ -8,8 +8,8 @@ import torch
 from conftest import TINY_CORPUS
 
 from sdecore import ModelConfig, TrainConfig, load_checkpoint, train_model
-from sdecore.data import load_corpus, split_by_prompt
 from sdecore.checkpoint import read_tensors
+from sdecore.data import load_corpus, split_by_prompt
 from sdecore.model import TextSDE
 from sdecore.train import evaluate_losses, unigram_log_prior
 from sdecore.transitions import build_transitions, encode_rows, training_tokens
@@ -126,7 +126,7 @@ def test_overwrite_leaves_nothing_from_the_old_model(tiny_ckpt, tmp_path):
     ck = tmp_path / "ck"
     shutil.copytree(tiny_ckpt, ck)
     (ck / "frontier.json").write_text("{}")
-    train_model(TINY_CORPUS, ck, SMALL, TrainConfig(epochs=1, batch_size=64, map="none", report=False),
+    train_model(TINY_CORPUS, ck, SMALL, TrainConfig(epochs=1, batch_size=64, map="none"),
                 device="cpu", progress=False, overwrite=True)
     for stale in ("map.json", "map.safetensors", "frontier.json", "report.json"):
         assert not (ck / stale).exists(), stale

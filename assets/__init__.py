@@ -1,0 +1,1 @@
+"""The shipped default model, ``assets/model`` (installed as ``sdecore/assets/model``)."""
