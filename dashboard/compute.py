@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import streamlit as st
-import torch
 
 import sdecore
 from sdecore import analysis, processes
@@ -48,9 +47,7 @@ def maps(folder: str, stamp: tuple) -> dict:
                   "ref_tokens": ck.embedder.tokens(ref_ids), "label": f"reference map ({fitted.kind.upper()})",
                   "quality": getattr(fitted, "quality_", None)}
     else:
-        em = ck.model.emission
-        prior = em.log_prior.detach().cpu().masked_fill(~em.support_mask.cpu(), -np.inf)
-        ref_ids = torch.argsort(prior, descending=True)[:N_REFERENCE].numpy()
+        ref_ids = ck.model.emission.frequent_tokens(N_REFERENCE).numpy()
         note = note or "this model has no stored reference map, so PCA of its most frequent tokens is shown"
     pca = PCAMap().fit(table[ref_ids], ref_ids)
     return {"stored": stored, "note": note,

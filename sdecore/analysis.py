@@ -156,7 +156,7 @@ class TextTrajectory:
 
 
 @torch.no_grad()
-def text_trajectory(model: TextSDE, embedder: Embedder, text: str, max_tokens: int = 512) -> TextTrajectory:
+def text_trajectory(model: TextSDE, embedder: Embedder, text: str, *, max_tokens: int = 512) -> TextTrajectory:
     """Teacher-forced analysis of ``text`` (its first ``max_tokens`` tokens)."""
     ids = embedder.encode(text)[:max_tokens]
     if len(ids) < 2:
@@ -195,7 +195,7 @@ def _free_run(model: TextSDE, x0: torch.Tensor, length: int, dt: float) -> torch
     return torch.stack(out)
 
 
-def sigma_ranking(model: TextSDE, embedder: Embedder, texts: list[str], top: int = 20) -> list[dict]:
+def sigma_ranking(model: TextSDE, embedder: Embedder, texts: list[str], *, top: int = 20) -> list[dict]:
     """Where the diffusion is large: tokens ranked by the mean sigma of the step that
     leaves them, over the given texts. Each row: token, count, mean_sigma."""
     sums: dict[int, list[float]] = {}

@@ -74,7 +74,7 @@ def read_json(path: Path) -> dict:
                          "the checkpoint is corrupt: retrain it with `sdecore train`") from None
 
 
-def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor], *, metadata: dict[str, str] | None = None,
                   dtype: torch.dtype | None = None) -> None:
     """Save tensors with safetensors; ``dtype`` casts the floating-point ones (e.g. float16
     for inference weights, half the size; loading casts them back into float32 parameters)."""
@@ -117,7 +117,7 @@ class Checkpoint:
         return self.config.get("data_credit", DATA_CREDIT)
 
 
-def load_checkpoint(folder: str | Path | None = None, device: str | torch.device = "cpu",
+def load_checkpoint(folder: str | Path | None = None, *, device: str | torch.device = "cpu",
                     embedder: Embedder | None = None) -> Checkpoint:
     """Load a checkpoint folder (default ``assets/model``) for inference.
 

@@ -98,3 +98,9 @@ class GaussianEmission(nn.Module):
         d2 = self.table_sq.sum(-1)[None, :] - 2 * p @ self.table.T  # |E_v - p|^2 less the constant |p|^2
         ids = d2.masked_fill(~self.support_mask[None, :], float("inf")).argmin(-1)
         return torch.where(ok, ids, torch.full_like(ids, -1))
+
+    def frequent_tokens(self, n: int) -> torch.Tensor:
+        """The ``n`` emittable ids the unigram prior ranks highest (the training corpus's most
+        frequent tokens): a LongTensor (n,) on the CPU."""
+        prior = self.log_prior.detach().cpu().masked_fill(~self.support_mask.cpu(), float("-inf"))
+        return torch.argsort(prior, descending=True)[:n]

@@ -97,7 +97,7 @@ def _fit_ar1(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-3) -> tuple[tor
     return coef[:-1], coef[-1]
 
 
-def fit_emission(model: TextSDE, pred: GaussianStep, targets: torch.Tensor, log_prior: torch.Tensor,
+def fit_emission(model: TextSDE, pred: GaussianStep, targets: torch.Tensor, log_prior: torch.Tensor, *,
                  steps: int = 30, batch: int = 256, seed: int = 0) -> GaussianEmission:
     """A Gaussian emission (tau, w) fitted by cross-entropy to a model's predictions on its fit
     transitions, the way the SDE's emission is trained (Adam from the SDE's own tau and w,

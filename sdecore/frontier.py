@@ -77,7 +77,7 @@ def derangement(n: int, seed: int) -> list[int] | None:
 
 
 # --------------------------------------------------------------------------- generators
-def sample_bigram(lm: KneserNeyBigramLM, starts: Sequence[int], paths: int, tokens: int, seed: int,
+def sample_bigram(lm: KneserNeyBigramLM, starts: Sequence[int], *, paths: int, tokens: int, seed: int,
                   temperature: float = 1.0) -> list[list[list[int]]]:
     """``paths`` continuations of ``tokens`` ids for each start id, sampled token by token from
     ``lm`` (all starts in one batch, one seeded generator): (starts, paths, tokens) as lists."""
@@ -256,16 +256,18 @@ def frontier_report(ckpt: Checkpoint, corpus: str | Path, settings: FrontierSett
                          float(np.mean([a >= 0 for block in at for a in block])), cache))
     log.info("frontier: Kneser-Ney bigram on %d prompts", len(prompts))
     starts = [emb.encode(p)[-1] for p in prompts]  # every prompt has a token: simulate_paths read it above
-    ids = sample_bigram(lm, starts, st.paths, st.tokens, st.seed)
-    close_ids = sample_bigram(lm, [it["last"] for it in items], st.paths, st.cont_tokens, st.seed)
+    ids = sample_bigram(lm, starts, paths=st.paths, tokens=st.tokens, seed=st.seed)
+    close_ids = sample_bigram(lm, [it["last"] for it in items], paths=st.paths, tokens=st.cont_tokens, seed=st.seed)
     rows.append(_row("bigram", None, emb, ids, prompts, perm, _decode_all(emb, close_ids), refs, 0.0, cache))
 
     settings_out = {**asdict(st), "n_closeness_prompts": len(items)}
     settings_out.update({k: list(v) for k, v in settings_out.items() if isinstance(v, tuple)})
-    lengths = length_probe(ckpt, prompts[:st.length_prompts], st.lengths, st.length_paths, st.seed, cache=cache)
+    lengths = length_probe(ckpt, prompts[:st.length_prompts], st.lengths, paths=st.length_paths, seed=st.seed,
+                           cache=cache)
     return {"corpus": str(corpus), "fit_corpus": str(fit_src), "split": "validation", "n_prompts": len(prompts),
             "settings": settings_out, "rows": rows, "lengths": lengths,
-            "out_of_distribution": ood_probe(ckpt, st.ood_scales, st.paths, st.tokens, st.seed, cache=cache),
+            "out_of_distribution": ood_probe(ckpt, st.ood_scales, paths=st.paths, tokens=st.tokens, seed=st.seed,
+                                             cache=cache),
             "data_credit": DATA_CREDIT}
 
 
@@ -281,7 +283,7 @@ def _row(generator: str, scale: float | None, emb: Embedder, ids: list[list[list
             "n_continuations": sum(len(block) for block in ids)}
 
 
-def length_probe(ckpt: Checkpoint, prompts: Sequence[str], lengths: Sequence[int], paths: int, seed: int,
+def length_probe(ckpt: Checkpoint, prompts: Sequence[str], lengths: Sequence[int], *, paths: int, seed: int,
                  scale: float = LENGTH_SCALE, cache: dict[str, np.ndarray] | None = None) -> list[dict]:
     """Relevance (own and random prompt) and diverged share of SDE continuations at each of
     ``lengths`` tokens: one run of the longest length at ``scale``, cut at each length, so a row
@@ -302,7 +304,7 @@ def length_probe(ckpt: Checkpoint, prompts: Sequence[str], lengths: Sequence[int
     return out
 
 
-def ood_probe(ckpt: Checkpoint, scales: Sequence[float], paths: int, tokens: int, seed: int,
+def ood_probe(ckpt: Checkpoint, scales: Sequence[float], *, paths: int, tokens: int, seed: int,
               prompts: dict[str, str] | None = None, cache: dict[str, np.ndarray] | None = None) -> list[dict]:
     """Relevance and diverged share of SDE continuations of out-of-distribution prompts
     (default :data:`OOD_PROMPTS`) at each scale, with the first path's text as a sample."""

@@ -163,8 +163,9 @@ def _fit_regressor(points: np.ndarray, target: np.ndarray, hidden: int, steps: i
 def reference_points(model, embedder, train_tokens: list[list[int]], prompts: list[str], *, n_tokens: int = 2000,
                      seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The map's reference points: the standardised embeddings of the ``n_tokens`` most
-    frequent training tokens, then states of the model's own sample paths (each token step's state before snapping) from
-    half of ``prompts``; the other half's path states are held out to judge the transform.
+    frequent training tokens, then states of the model's own sample paths (each token step's
+    state before snapping) from half of ``prompts``; the other half's path states are held
+    out to judge the transform.
     Returns (points, token ids of the first points, held-out points)."""
     from .simulate import simulate_paths
 

@@ -111,7 +111,7 @@ def _objective(rule: str, alphas: np.ndarray, betas: np.ndarray, v_mean: float, 
         return np.where(alphas > 0, betas / alphas, np.inf)
 
 
-def fit_envelope(V: ArrayLike, LV: ArrayLike, quantile: float = 0.99,
+def fit_envelope(V: ArrayLike, LV: ArrayLike, *, quantile: float = 0.99,
                  rule: Literal["gap", "bound"] = "gap", max_points: int = 100_000) -> Envelope:
     """Fit the upper envelope ``LV <= -alpha V + beta`` holding for at least ``quantile`` of the samples.
 

@@ -152,12 +152,13 @@ def train_model(
     dev = resolve_device(device)
     dist_info, dev = init_distributed(dev)
     try:
-        return _train(corpus, out, model_config or ModelConfig(), tcfg, dev, dist_info, resume, progress, on_epoch)
+        return _train(corpus, out, model_config or ModelConfig(), tcfg, dev=dev, dist_info=dist_info, resume=resume,
+                      progress=progress, on_epoch=on_epoch)
     finally:
         shutdown_distributed(dist_info)
 
 
-def _train(corpus, out: Path, mcfg: ModelConfig, tcfg: TrainConfig, dev: torch.device, dist_info: Dist,
+def _train(corpus, out: Path, mcfg: ModelConfig, tcfg: TrainConfig, *, dev: torch.device, dist_info: Dist,
            resume: bool, progress: bool, on_epoch) -> dict:
     if resume:
         saved = ckio.read_json(out / ckio.CONFIG)
@@ -210,7 +211,8 @@ def _train(corpus, out: Path, mcfg: ModelConfig, tcfg: TrainConfig, dev: torch.d
                total=tcfg.epochs)
     for epoch in bar:
         t0 = time.time()
-        train_losses = _train_epoch(net, model, train_data, tcfg, opt, dev, dist_info, epoch, progress)
+        train_losses = _train_epoch(net, model, train_data, tcfg, opt, dev=dev, dist_info=dist_info, epoch=epoch,
+                                    progress=progress)
         val_losses = evaluate_losses(model, val_data, tcfg, dev)
         record = {"epoch": epoch + 1, "train": train_losses, "validation": val_losses,
                   "seconds": round(time.time() - t0, 2)}
@@ -238,7 +240,7 @@ def _train(corpus, out: Path, mcfg: ModelConfig, tcfg: TrainConfig, dev: torch.d
     return history
 
 
-def _train_epoch(net, model: TextSDE, data: Transitions, cfg: TrainConfig, opt, dev, dist_info: Dist,
+def _train_epoch(net, model: TextSDE, data: Transitions, cfg: TrainConfig, opt, *, dev, dist_info: Dist,
                  epoch: int, progress: bool) -> dict[str, float]:
     """One pass over the shuffled train transitions; returns mean losses."""
     from tqdm.auto import tqdm
