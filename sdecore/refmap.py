@@ -92,9 +92,7 @@ class UMAPMap:
         self.n_neighbors, self.min_dist, self.seed, self.hidden, self.steps = n_neighbors, min_dist, seed, hidden, steps
 
     def fit(self, points: np.ndarray, ref_ids: np.ndarray | None = None, holdout: np.ndarray | None = None) -> UMAPMap:
-        # numba compiles on first use (tens of seconds): imported only when a map is fitted
-        umap = require("umap", "a UMAP reference map (--map umap)")
-        trustworthiness = require("sklearn.manifold", "a UMAP reference map (--map umap)").trustworthiness
+        umap, trustworthiness = require_umap()
 
         points = np.asarray(points, dtype=np.float32)
         reducer = umap.UMAP(n_neighbors=self.n_neighbors, min_dist=self.min_dist, random_state=self.seed)
@@ -137,6 +135,14 @@ class UMAPMap:
         m.regressor_.eval()
         m.quality_ = {k: v for k, v in meta.items() if k not in ("kind", "hidden", "n_neighbors", "min_dist")}
         return m
+
+
+def require_umap():
+    """``umap`` and ``sklearn.manifold.trustworthiness``, or :class:`~sdecore.extras.MissingExtra`
+    naming the ``umap`` extra. numba compiles on first use (tens of seconds), so they are
+    imported only when a map is fitted."""
+    purpose = "a UMAP reference map (--map umap)"
+    return require("umap", purpose), require("sklearn.manifold", purpose).trustworthiness
 
 
 def _regressor(dim: int, hidden: int) -> torch.nn.Sequential:

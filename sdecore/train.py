@@ -149,6 +149,10 @@ def train_model(
     out = Path(out)
     tcfg = (train_config or TrainConfig()).validate()
     _check_out_dir(out, resume, overwrite)
+    if tcfg.map == "umap":  # fail before training, not after it
+        from .refmap import require_umap
+
+        require_umap()
     dev = resolve_device(device)
     dist_info, dev = init_distributed(dev)
     try:
@@ -185,7 +189,8 @@ def _train(corpus, out: Path, mcfg: ModelConfig, tcfg: TrainConfig, *, dev: torc
     if resume:
         start_epoch = _load_train_state(out / ckio.TRAIN_STATE, model, opt)
         if start_epoch >= tcfg.epochs:
-            raise ValueError(f"{out} has already trained {start_epoch} epochs; ask for more with --epochs")
+            raise ValueError(f"{out} has already trained {start_epoch} epoch{'s' if start_epoch != 1 else ''}; "
+                             "ask for more with --epochs")
     else:
         history = {
             "corpus": str(corpus), "train_config": tcfg.to_dict(),

@@ -131,3 +131,15 @@ def test_overwrite_leaves_nothing_from_the_old_model(tiny_ckpt, tmp_path):
     for stale in ("map.json", "map.safetensors", "frontier.json", "report.json"):
         assert not (ck / stale).exists(), stale
     assert len(json.loads((ck / "history.json").read_text())["epochs"]) == 1
+
+
+def test_a_missing_umap_extra_stops_training_before_it_starts(tmp_path, monkeypatch):
+    import sys
+
+    from sdecore.extras import MissingExtra
+
+    monkeypatch.setitem(sys.modules, "umap", None)  # `import umap` now raises ImportError
+    with pytest.raises(MissingExtra, match="'umap' extra"):
+        train_model(TINY_CORPUS, tmp_path / "m", SMALL, TrainConfig(epochs=1, map="umap"), device="cpu",
+                    progress=False)
+    assert not (tmp_path / "m").exists()  # nothing was trained or written
