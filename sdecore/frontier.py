@@ -42,7 +42,7 @@ from .data import load_corpus, split_by_prompt
 from .embedding import Embedder
 from .limits import MAX_PROMPT_TOKENS, check_int, check_lengths, check_limit, check_scales, check_seed
 from .simulate import simulate_paths
-from .textquality import bleu, distinct_n, relevance_scores, require_text_measures, rouge_l, self_bleu
+from .textquality import bleu, distinct_n, mean_relevance, require_text_measures, rouge_l, self_bleu
 from .transitions import encode_rows, training_tokens
 
 log = logging.getLogger(__name__)
@@ -124,11 +124,11 @@ def _relevance_pair(texts: list[list[str]], prompts: Sequence[str], perm: list[i
     if not flat:
         return None, None
     own = [prompts[i] for i, block in enumerate(texts) for _ in block]
-    rel = float(relevance_scores(flat, own, cache).mean())
+    rel = mean_relevance(flat, own, cache)
     if perm is None:
         return rel, None
     other = [prompts[perm[i]] for i, block in enumerate(texts) for _ in block]
-    return rel, float(relevance_scores(flat, other, cache).mean())
+    return rel, mean_relevance(flat, other, cache)
 
 
 def _diversity(ids: list[list[list[int]]], texts: list[list[str]]) -> tuple[float | None, float | None]:
@@ -315,7 +315,7 @@ def ood_probe(ckpt: Checkpoint, scales: Sequence[float], *, paths: int, tokens: 
         for (kind, prompt), block, block_at in zip(prompts.items(), ids, at):
             texts = [ckpt.embedder.decode(c) for c in block]
             out.append({"prompt_kind": kind, "scale": float(scale),
-                        "relevance": float(relevance_scores(texts, [prompt] * len(texts), cache).mean()),
+                        "relevance": mean_relevance(texts, [prompt] * len(texts), cache),
                         "diverged_share": float(np.mean([a >= 0 for a in block_at])), "sample": texts[0]})
     return out
 
