@@ -1,11 +1,14 @@
 """Benchmarks of the engine, printed as one JSON object.
 
-    python -m bench [--quick] [--model DIR] [--device cpu|cuda|auto]
+    python -m bench [--quick] [--scale] [--model DIR] [--device cpu|cuda|auto]
 
 Comparisons are ratios measured in the same run: the engine's ``em`` loop against
 torchsde's ``euler`` and ``srk`` on the same Brownian path, a ``BrownianInterval`` with
 ``dt`` set against one without, and (without ``--quick``) the map's regressor transform
 against ``umap.UMAP.transform``. ``--quick`` finishes within three minutes on a 2-core CPU.
+``--scale`` adds the training-at-scale rows of :mod:`bench.scale` (about four minutes more):
+peak memory of ``sdecore train`` on 1x and 8x the corpus, and the on-the-fly training data
+path's throughput against the precomputed table's.
 """
 
 from __future__ import annotations
@@ -116,6 +119,7 @@ def bench_map(ckpt, n: int) -> dict:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--scale", action="store_true", help="add the training-at-scale rows (bench/scale.py)")
     ap.add_argument("--model", default=None)
     ap.add_argument("--device", default="auto")
     a = ap.parse_args(argv)
@@ -134,6 +138,12 @@ def main(argv=None) -> None:
     result["training"] = bench_training(ckpt, batch=256 if q else 512, repeat=2 if q else 5)
     if not q:
         result["map"] = bench_map(ckpt, n=2000)
+    if a.scale:
+        from bench import scale
+
+        corpus = scale.default_corpus()
+        result["scale"] = {"memory": scale.bench_memory(corpus, device=str(dev)),
+                           "throughput": scale.bench_throughput(corpus, device=str(dev))}
     result["total_s"] = time.perf_counter() - t0
     print(json.dumps(result, indent=2))
 

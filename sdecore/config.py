@@ -74,6 +74,9 @@ class TrainConfig:
 
     epochs: int = 10
     batch_size: int = 512
+    # A batch is batch_size // window windows, each up to `window` consecutive positions of one
+    # sequence, with the memory computed from the sequence's start (docs/design.md §2.5).
+    window: int = 8
     lr: float = 2e-3
     emission_lr: float = 2e-2  # the emission's few parameters (tau, prior weight) move fast, undecayed
     weight_decay: float = 0.05
@@ -102,6 +105,8 @@ class TrainConfig:
             raise ValueError(f"--max-rows must be at least 1, got {self.max_rows}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
+        if self.batch_size < 1 or self.window < 1:
+            raise ValueError(f"batch_size and window must be at least 1, got {self.batch_size} and {self.window}")
         if self.map not in ("none", "pca", "umap"):
             raise ValueError(f"--map must be one of none, pca, umap, got {self.map!r}")
         if not 0 < self.ce_fraction <= 1:

@@ -141,6 +141,44 @@ class TextSDE(nn.Module):
         out = torch.from_numpy(np.stack(hs, axis=2).reshape(b, length, -1)).to(xs.dtype)
         return out.to(xs.device)
 
+    def window_states(self, ids: torch.Tensor, k0: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """States and teacher-forced memory of windows of token sequences, built from ids alone.
+
+        ids: (w, L) token ids of each row's sequence from its start (ids past a row's end may be
+        any valid id); k0: (w,) the first position wanted. Returns ``xs`` (w, width + 1, dim), the
+        states at positions ``k0 .. k0 + width``, and ``h`` (w, width, K * dim), the memory at
+        ``k0 .. k0 + width - 1``: equal to :meth:`teacher_forced_memory` there. The linear
+        recurrence is unrolled, ``h_k = sum_{j<k} r a^(k-1-j) x_j`` with ``r = dt/tau``,
+        ``a = 1 - r``: the memory at ``k0`` is a weighted bag of the prefix's embeddings (read
+        straight from the table, so the prefix's states are never materialised), the rest a small
+        lower-triangular (Toeplitz) product inside the window; no loop over time. Positions past
+        a row's end get meaningless values, to be masked by the caller.
+        """
+        w, length = ids.shape
+        table = self.emission.table
+        dev, dtype = table.device, table.dtype
+        ids, k0 = ids.to(dev), k0.to(dev)
+        rate = self.memory_rates.to(dev, dtype)  # (K,)
+        decay = 1.0 - rate
+        n_k = rate.numel()
+        # memory at k0: weights r a^(k0-1-j) on the prefix positions j < k0, one bag per (row, scale)
+        lag = k0[:, None] - 1 - torch.arange(length, device=dev)[None, :]  # (w, L)
+        weights = rate[None, :, None] * decay[None, :, None].pow(lag.clamp_min(0)[:, None, :].to(dtype))
+        weights = weights * (lag >= 0)[:, None, :]  # (w, K, L)
+        bags = ids[:, None, :].expand(w, n_k, length).reshape(w * n_k, length)
+        h0 = F.embedding_bag(bags, table, per_sample_weights=weights.reshape(w * n_k, length), mode="sum")
+        h0 = h0.reshape(w, n_k, -1)  # (w, K, dim)
+        # the window's states, and inside it h_{k0+i} = a^i h_{k0} + sum_{m<i} r a^(i-1-m) x_{k0+m}
+        i = torch.arange(width + 1, device=dev)
+        at = (k0[:, None] + i[None, :]).clamp_max(length - 1)  # (w, width + 1)
+        xs = table[ids.gather(1, at)]  # (w, width + 1, dim)
+        i = i[:width]
+        inner = i[:, None] - 1 - i[None, :]  # (width, width)
+        toeplitz = rate[:, None, None] * decay[:, None, None].pow(inner.clamp_min(0).to(dtype)) * (inner >= 0)
+        carry = decay[None, :].pow(i[:, None].to(dtype))  # (width, K)
+        h = torch.einsum("kim,wmd->wikd", toeplitz, xs[:, :width]) + carry[None, :, :, None] * h0[:, None, :, :]
+        return xs, h.reshape(w, width, -1)
+
     def prompt_state(self, ids: list[int]) -> torch.Tensor:
         """State y at the prompt's last token, reading the prompt through the memory: (1, state_dim)."""
         ids_t = torch.as_tensor(ids, dtype=torch.long, device=self.emb_mean.device)

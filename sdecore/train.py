@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -28,7 +28,8 @@ from .embedding import Embedder
 from .metrics import perplexity
 from .model import TextSDE
 from .runtime import Dist, init_distributed, resolve_device, shutdown_distributed
-from .transitions import Transitions, build_transitions, encode_rows, training_tokens
+from .tokendata import TokenSequences, WindowBatch, batches, window_batch
+from .transitions import encode_rows, training_tokens
 
 log = logging.getLogger(__name__)
 LOSS_NAMES = ("drift", "diffusion", "ce", "total")
@@ -42,17 +43,24 @@ def weighted_loss(parts: dict[str, torch.Tensor], cfg: TrainConfig) -> torch.Ten
                              ce_weight=cfg.ce_weight)
 
 
+def _in_order(model: TextSDE, data: TokenSequences, cfg: TrainConfig, device: torch.device) -> Iterator[WindowBatch]:
+    """Every transition of ``data`` once, in sequence order, in batches of about _EVAL_BATCH."""
+    for windows in batches(data.windows(cfg.window), max(1, _EVAL_BATCH // cfg.window)):
+        yield window_batch(model, data, windows, device)
+
+
 @torch.no_grad()
-def evaluate_losses(model: TextSDE, data: Transitions, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
+def evaluate_losses(model: TextSDE, data: TokenSequences, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
     """Mean losses over all transitions (cross-entropy on every position), in eval mode."""
     was_training = model.training
     model.eval()
     sums = dict.fromkeys(("drift", "diffusion", "ce"), 0.0)
-    n = len(data)
-    for idx in torch.arange(n).split(_EVAL_BATCH):
-        parts = model(*data.take(idx, device))
+    n = 0
+    for batch in _in_order(model, data, cfg, device):
+        parts = model(*batch.as_tuple())
         for k in sums:
-            sums[k] += float(parts[k]) * len(idx)
+            sums[k] += float(parts[k]) * len(batch)
+        n += len(batch)
     model.train(was_training)
     out = {k: v / n for k, v in sums.items()}
     out["total"] = float(weighted_loss({k: torch.tensor(v) for k, v in out.items()}, cfg))
@@ -61,23 +69,25 @@ def evaluate_losses(model: TextSDE, data: Transitions, cfg: TrainConfig, device:
 
 
 @torch.no_grad()
-def reference_losses(model: TextSDE, train: Transitions, val: Transitions, device: torch.device) -> dict[str, float]:
+def reference_losses(model: TextSDE, train: TokenSequences, val: TokenSequences, cfg: TrainConfig,
+                     device: torch.device) -> dict[str, float]:
     """What the learned nets must beat, on the validation split:
     the drift loss of a zero drift, and the diffusion loss of a constant per-dimension
     sigma fitted by maximum likelihood to the learned drift's residuals on the train split."""
     model.eval()
     dt = model.config.dt
-    sq = torch.zeros(model.dim, dtype=torch.float64)
-    for idx in torch.arange(len(train)).split(_EVAL_BATCH):
-        x, h, t, xn, _ = train.take(idx, device)
-        sq += (xn - x - model.drift(x, h, t) * dt).pow(2).sum(0).double().cpu()
-    sigma_c = (sq / len(train) / dt).sqrt().float().to(device)
-    zero, const, n = 0.0, 0.0, len(val)
-    for idx in torch.arange(n).split(_EVAL_BATCH):
-        x, h, t, xn, _ = val.take(idx, device)
-        mu = model.drift(x, h, t)
-        zero += float(losses.drift_loss(x, xn, torch.zeros_like(mu), dt)) * len(idx)
-        const += float(losses.diffusion_loss(x, xn, mu, sigma_c, dt)) * len(idx)
+    sq = torch.zeros(model.dim, dtype=torch.float64, device=device)
+    n_train = 0
+    for b in _in_order(model, train, cfg, device):
+        sq += (b.x_next - b.x - model.drift(b.x, b.h, b.t) * dt).pow(2).sum(0).double()
+        n_train += len(b)
+    sigma_c = (sq / n_train / dt).sqrt().float()
+    zero, const, n = 0.0, 0.0, 0
+    for b in _in_order(model, val, cfg, device):
+        mu = model.drift(b.x, b.h, b.t)
+        zero += float(losses.drift_loss(b.x, b.x_next, torch.zeros_like(mu), dt)) * len(b)
+        const += float(losses.diffusion_loss(b.x, b.x_next, mu, sigma_c, dt)) * len(b)
+        n += len(b)
     return {"drift_zero_drift": zero / n, "diffusion_constant_sigma": const / n}
 
 
@@ -181,8 +191,12 @@ def _train(corpus, out: Path, mcfg: ModelConfig, tcfg: TrainConfig, *, dev: torc
     train_tokens = training_tokens(train_seqs, train_firsts)
     log_prior = unigram_log_prior(train_tokens, embedder.support_mask, mcfg.prior_smoothing)
     model = TextSDE(mcfg, embedder, log_prior)
-    train_data = build_transitions(model, train_seqs, train_firsts)
-    val_data = build_transitions(model, val_seqs, val_firsts)
+    # Token ids only: states and memory are built per batch on the device (tokendata).
+    train_data = TokenSequences.from_lists(train_seqs, train_firsts)
+    val_data = TokenSequences.from_lists(val_seqs, val_firsts)
+    del train_seqs, val_seqs
+    if not train_data.n_transitions or not val_data.n_transitions:
+        raise ValueError("no response has two or more tokens: there are no transitions")
     model.to(dev)
     opt = _optimizer(model, tcfg)
     start_epoch = 0
@@ -194,7 +208,7 @@ def _train(corpus, out: Path, mcfg: ModelConfig, tcfg: TrainConfig, *, dev: torc
     else:
         history = {
             "corpus": str(corpus), "train_config": tcfg.to_dict(),
-            "n_train_transitions": len(train_data), "n_val_transitions": len(val_data),
+            "n_train_transitions": train_data.n_transitions, "n_val_transitions": val_data.n_transitions,
             "train_prompts": int(split.train["prompt"].nunique()),
             "val_prompts": int(split.validation["prompt"].nunique()), "epochs": [],
         }
@@ -204,7 +218,7 @@ def _train(corpus, out: Path, mcfg: ModelConfig, tcfg: TrainConfig, *, dev: torc
                 (out / name).unlink(missing_ok=True)
             ckio.write_json(out / ckio.CONFIG, ckio.checkpoint_config(mcfg, embedder))
     log.info("training on %d transitions (%d validation) on %s, world size %d",
-             len(train_data), len(val_data), dev, dist_info.world)
+             train_data.n_transitions, val_data.n_transitions, dev, dist_info.world)
 
     # The buffers (embedding table, standardisation) are constants: no need to broadcast them.
     net = DistributedDataParallel(model, forward_sync_buffers=False) if dist_info.enabled else model
@@ -235,7 +249,7 @@ def _train(corpus, out: Path, mcfg: ModelConfig, tcfg: TrainConfig, *, dev: torc
     dist_info.barrier()
 
     if dist_info.is_main:
-        _finish(out, model, history, train_data, val_data, dev)
+        _finish(out, model, history, train_data, val_data, tcfg, dev)
         if tcfg.map != "none":
             from .refmap import fit_reference_map
 
@@ -245,40 +259,39 @@ def _train(corpus, out: Path, mcfg: ModelConfig, tcfg: TrainConfig, *, dev: torc
     return history
 
 
-def _train_epoch(net, model: TextSDE, data: Transitions, cfg: TrainConfig, opt, *, dev, dist_info: Dist,
+def _train_epoch(net, model: TextSDE, data: TokenSequences, cfg: TrainConfig, opt, *, dev, dist_info: Dist,
                  epoch: int, progress: bool) -> dict[str, float]:
-    """One pass over the shuffled train transitions; returns mean losses."""
+    """One pass over the train windows, shuffled by seed and epoch (each rank its own share
+    under torchrun); returns mean losses."""
     from tqdm.auto import tqdm
 
     model.train()
     # Seeding by epoch makes the order (and dropout) reproducible and --resume exact.
     gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
     torch.manual_seed(cfg.seed * 100_003 + epoch)
-    batches = torch.randperm(len(data), generator=gen).split(cfg.batch_size)
-    if dist_info.enabled:  # every rank takes the same number of batches, or DDP would hang
-        usable = len(batches) // dist_info.world * dist_info.world
-        if usable == 0:
-            raise ValueError(f"too few train transitions for {dist_info.world} processes; use fewer or a larger corpus")
-        batches = batches[dist_info.rank:usable:dist_info.world]
+    # every rank takes the same number of batches, or DDP would hang
+    groups = list(batches(data.windows(cfg.window), max(1, cfg.batch_size // cfg.window), generator=gen,
+                          rank=dist_info.rank, world=dist_info.world))
     sums = dict.fromkeys(("drift", "diffusion", "ce", "total"), 0.0)
     count = 0
-    steps_per_epoch = len(batches)
-    for i, idx in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}", leave=False,
-                                 disable=not (progress and dist_info.is_main))):
+    steps_per_epoch = len(groups)
+    for i, windows in enumerate(tqdm(groups, desc=f"epoch {epoch + 1}", leave=False,
+                                     disable=not (progress and dist_info.is_main))):
         _set_lr(opt, cfg, (epoch * steps_per_epoch + i) / (cfg.epochs * steps_per_epoch))
-        ce_mask = torch.rand(len(idx), generator=gen) < cfg.ce_fraction
+        with torch.no_grad():
+            batch = window_batch(model, data, windows, dev)
+        ce_mask = torch.rand(len(batch), generator=gen) < cfg.ce_fraction
         ce_mask[0] = True
-        batch = data.take(idx, dev)
-        parts = net(*batch, ce_mask.to(dev), _perturb(batch[0], cfg, gen))
+        parts = net(*batch.as_tuple(), ce_mask.to(dev), _perturb(batch.x, cfg, gen))
         loss = weighted_loss(parts, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         for k in ("drift", "diffusion", "ce"):
-            sums[k] += parts[k].item() * len(idx)
-        sums["total"] += loss.item() * len(idx)
-        count += len(idx)
+            sums[k] += parts[k].item() * len(batch)
+        sums["total"] += loss.item() * len(batch)
+        count += len(batch)
     return {k: v / max(count, 1) for k, v in sums.items()}
 
 
@@ -301,14 +314,14 @@ def _set_lr(opt: torch.optim.Optimizer, cfg: TrainConfig, progress: float) -> No
         group["lr"] = base * factor
 
 
-def _finish(out: Path, model: TextSDE, history: dict, train_data: Transitions, val_data: Transitions,
-            dev: torch.device) -> None:
+def _finish(out: Path, model: TextSDE, history: dict, train_data: TokenSequences, val_data: TokenSequences,
+            cfg: TrainConfig, dev: torch.device) -> None:
     """Reload the best epoch and write the history with its reference losses."""
     model.load_state_dict(ckio.read_tensors(out / ckio.WEIGHTS))
     best = min(history["epochs"], key=lambda e: e["validation"]["total"])
     history["best_epoch"] = best["epoch"]
     history["best_validation"] = best["validation"]
-    history["references"] = reference_losses(model, train_data, val_data, dev)
+    history["references"] = reference_losses(model, train_data, val_data, cfg, dev)
     ckio.write_json(out / ckio.HISTORY, history)
 
 
