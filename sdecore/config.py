@@ -75,8 +75,9 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 512
     # A batch is batch_size // window windows, each up to `window` consecutive positions of one
-    # sequence, with the memory computed from the sequence's start (docs/design.md §2.5).
-    window: int = 8
+    # sequence, with the memory computed from the sequence's start (docs/design.md §2.5). At 1 a
+    # batch is batch_size transitions drawn at random from the whole corpus.
+    window: int = 1
     lr: float = 2e-3
     emission_lr: float = 2e-2  # the emission's few parameters (tau, prior weight) move fast, undecayed
     weight_decay: float = 0.05

@@ -14,7 +14,7 @@ from sdecore.data import load_corpus, split_by_prompt
 from sdecore.model import TextSDE
 from sdecore.tokendata import TokenSequences
 from sdecore.train import evaluate_losses
-from sdecore.transitions import encode_rows, training_tokens
+from sdecore.transitions import build_transitions, encode_rows, training_tokens
 
 SMALL = ModelConfig(drift_hidden=64, diffusion_hidden=32)
 
@@ -148,9 +148,9 @@ def test_a_missing_umap_extra_stops_training_before_it_starts(tmp_path, monkeypa
 
 
 def test_window_batches_train_like_transition_batches(tmp_path):
-    """Batches of 8-token windows (the default) against batches of single transitions (window 1:
-    random transitions from the whole corpus, what a precomputed table gave): the same seed ends
-    at validation losses within the spread that the seed alone makes (about 0.2 here)."""
+    """Batches of 8-token windows against batches of single transitions (window 1, the default:
+    random transitions from the whole corpus): the same seed ends at validation losses within
+    the spread that the seed alone makes (about 0.2 here)."""
     finals = {}
     for window in (1, 8):
         cfg = TrainConfig(epochs=4, batch_size=64, window=window)
@@ -159,3 +159,40 @@ def test_window_batches_train_like_transition_batches(tmp_path):
         assert totals[-1] < totals[0] - 2.0  # both learn
         finals[window] = totals[-1]
     assert abs(finals[8] - finals[1]) < 0.5, finals
+
+
+def test_on_the_fly_batches_train_as_the_precomputed_table_did(embedder, tmp_path):
+    """One epoch of train_model (token ids, batches built on the fly) against the same epoch run
+    the way training ran before, on a table of precomputed transitions with their memory: the
+    same seed draws the same batches, so the validation losses agree to float32 rounding."""
+    from sdecore.train import _optimizer, _perturb, _set_lr, weighted_loss
+
+    cfg = TrainConfig(epochs=1, batch_size=64, seed=3)
+    hist = train_model(TINY_CORPUS, tmp_path / "new", SMALL, cfg, device="cpu", progress=False)
+
+    split = split_by_prompt(load_corpus(TINY_CORPUS), cfg.val_fraction)
+    torch.manual_seed(cfg.seed)
+    seqs, firsts = encode_rows(embedder, split.train, training=True, include_prompts=cfg.include_prompts)
+    val_seqs, val_firsts = encode_rows(embedder, split.validation, training=False)
+    prior = unigram_log_prior(training_tokens(seqs, firsts), embedder.support_mask, SMALL.prior_smoothing)
+    model = TextSDE(ModelConfig(drift_hidden=64, diffusion_hidden=32), embedder, prior)
+    table = build_transitions(model, seqs, firsts)
+    opt = _optimizer(model, cfg)
+    model.train()
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003)
+    torch.manual_seed(cfg.seed * 100_003)
+    steps = torch.randperm(len(table), generator=gen).split(cfg.batch_size)
+    for i, idx in enumerate(steps):
+        _set_lr(opt, cfg, i / len(steps))
+        ce_mask = torch.rand(len(idx), generator=gen) < cfg.ce_fraction
+        ce_mask[0] = True
+        batch = table.take(idx)
+        loss = weighted_loss(model(*batch, ce_mask, _perturb(batch[0], cfg, gen)), cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+    old = evaluate_losses(model, TokenSequences.from_lists(val_seqs, val_firsts), cfg, torch.device("cpu"))
+    new = hist["epochs"][0]["validation"]
+    for k in ("drift", "diffusion", "ce", "total"):
+        assert new[k] == pytest.approx(old[k], rel=1e-4), (k, new[k], old[k])
