@@ -141,43 +141,54 @@ class TextSDE(nn.Module):
         out = torch.from_numpy(np.stack(hs, axis=2).reshape(b, length, -1)).to(xs.dtype)
         return out.to(xs.device)
 
-    def window_states(self, ids: torch.Tensor, k0: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def memory_reach(self, tolerance: float = 1e-8) -> list[int]:
+        """Per memory time scale, how many past tokens the memory at a position reads before the
+        weights ``r a^lag`` fall below ``tolerance * r`` (below float32 resolution by default):
+        1 at ``tau = dt``, about 1,180 at ``tau = 64 dt``."""
+        out = []
+        for r in self.memory_rates.tolist():
+            a = 1.0 - r
+            out.append(1 if a <= 0 else max(1, math.ceil(math.log(tolerance) / math.log(a)) + 1))
+        return out
+
+    def window_states(self, prefix_ids: torch.Tensor, prefix_lag: torch.Tensor, bag_offsets: torch.Tensor,
+                      window_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """States and teacher-forced memory of windows of token sequences, built from ids alone.
 
-        ids: (w, L) token ids of each row's sequence from its start (ids past a row's end may be
-        any valid id); k0: (w,) the first position wanted. Returns ``xs`` (w, width + 1, dim), the
-        states at positions ``k0 .. k0 + width``, and ``h`` (w, width, K * dim), the memory at
-        ``k0 .. k0 + width - 1``: equal to :meth:`teacher_forced_memory` there. The linear
-        recurrence is unrolled, ``h_k = sum_{j<k} r a^(k-1-j) x_j`` with ``r = dt/tau``,
-        ``a = 1 - r``: the memory at ``k0`` is a weighted bag of the prefix's embeddings (read
-        straight from the table, so the prefix's states are never materialised), the rest a small
-        lower-triangular (Toeplitz) product inside the window; no loop over time. Positions past
-        a row's end get meaningless values, to be masked by the caller.
+        Window w covers positions ``k0_w .. k0_w + width`` of its sequence: ``window_ids``
+        (w, width + 1) are their ids (ids past a sequence's end may be any valid id). The memory
+        at ``k0_w`` for time scale k reads the bag ``bag_offsets[k * w_count + w]`` of the flat
+        ``prefix_ids`` (P,), positions j before ``k0_w`` with ``prefix_lag = k0_w - 1 - j``, as
+        far back as :meth:`memory_reach` says matters (see ``sdecore.tokendata.window_batch``).
+        Returns ``xs`` (w, width + 1, dim), the states of the window's positions, and ``h``
+        (w, width, K * dim), the memory at its first ``width`` positions: equal to
+        :meth:`teacher_forced_memory` there to float32 rounding. The linear recurrence is
+        unrolled, ``h_k = sum_{j<k} r a^(k-1-j) x_j`` with ``r = dt/tau``, ``a = 1 - r``: the
+        memory at ``k0`` is a weighted bag of the prefix's embeddings read straight from the
+        table (no prefix state is materialised, no padding), the rest a small lower-triangular
+        (Toeplitz) product inside the window; no loop over time. Positions past a sequence's
+        end get meaningless values, to be masked by the caller.
         """
-        w, length = ids.shape
         table = self.emission.table
         dev, dtype = table.device, table.dtype
-        ids, k0 = ids.to(dev), k0.to(dev)
         rate = self.memory_rates.to(dev, dtype)  # (K,)
         decay = 1.0 - rate
-        n_k = rate.numel()
-        # memory at k0: weights r a^(k0-1-j) on the prefix positions j < k0, one bag per (row, scale)
-        lag = k0[:, None] - 1 - torch.arange(length, device=dev)[None, :]  # (w, L)
-        weights = rate[None, :, None] * decay[None, :, None].pow(lag.clamp_min(0)[:, None, :].to(dtype))
-        weights = weights * (lag >= 0)[:, None, :]  # (w, K, L)
-        bags = ids[:, None, :].expand(w, n_k, length).reshape(w * n_k, length)
-        h0 = F.embedding_bag(bags, table, per_sample_weights=weights.reshape(w * n_k, length), mode="sum")
-        h0 = h0.reshape(w, n_k, -1)  # (w, K, dim)
+        n_k, w = rate.numel(), window_ids.shape[0]
+        # which scale each prefix entry belongs to: bags are laid out scale-major
+        sizes = torch.diff(bag_offsets, append=bag_offsets.new_tensor([prefix_ids.numel()]))
+        scale = torch.repeat_interleave(torch.arange(n_k, device=dev).repeat_interleave(w), sizes,
+                                        output_size=prefix_ids.numel())
+        weights = rate[scale] * decay[scale].pow(prefix_lag.to(dtype))
+        h0 = F.embedding_bag(prefix_ids, table, bag_offsets, mode="sum", per_sample_weights=weights)
+        h0 = h0.reshape(n_k, w, -1).transpose(0, 1)  # (w, K, dim)
         # the window's states, and inside it h_{k0+i} = a^i h_{k0} + sum_{m<i} r a^(i-1-m) x_{k0+m}
-        i = torch.arange(width + 1, device=dev)
-        at = (k0[:, None] + i[None, :]).clamp_max(length - 1)  # (w, width + 1)
-        xs = table[ids.gather(1, at)]  # (w, width + 1, dim)
-        i = i[:width]
+        xs = table[window_ids]  # (w, width + 1, dim)
+        i = torch.arange(window_ids.shape[1] - 1, device=dev)
         inner = i[:, None] - 1 - i[None, :]  # (width, width)
         toeplitz = rate[:, None, None] * decay[:, None, None].pow(inner.clamp_min(0).to(dtype)) * (inner >= 0)
         carry = decay[None, :].pow(i[:, None].to(dtype))  # (width, K)
-        h = torch.einsum("kim,wmd->wikd", toeplitz, xs[:, :width]) + carry[None, :, :, None] * h0[:, None, :, :]
-        return xs, h.reshape(w, width, -1)
+        h = torch.einsum("kim,wmd->wikd", toeplitz, xs[:, :-1]) + carry[None, :, :, None] * h0[:, None, :, :]
+        return xs, h.reshape(w, i.numel(), -1)
 
     def prompt_state(self, ids: list[int]) -> torch.Tensor:
         """State y at the prompt's last token, reading the prompt through the memory: (1, state_dim)."""

@@ -93,21 +93,32 @@ def window_batch(model: TextSDE, data: TokenSequences, windows: torch.Tensor,
     embedding lookup and the memory on the device."""
     device = torch.device(device) if device is not None else model.emb_mean.device
     seq, k0, k1 = windows[:, 0], windows[:, 1], windows[:, 2]
-    span = int(k1.max()) + 1  # positions 0..k1 are read: x_{k+1} for the last k is at k1
-    pos = torch.arange(span)
-    flat = (data.offsets[seq][:, None] + pos[None, :]).clamp_max(data.ids.numel() - 1)
-    ids = torch.where(pos[None, :] <= k1[:, None], data.ids[flat].long(), torch.zeros((), dtype=torch.long))
-    if device.type == "cuda":
-        ids = ids.pin_memory()
-    ids = ids.to(device, non_blocking=True)
+    start = data.offsets[seq]
     width = int((k1 - k0).max())
-    xs, h = model.window_states(ids, k0, width)  # states at k0..k0+width, memory at k0..k0+width-1
-    i = torch.arange(width, device=device)
-    keep = (k0.to(device)[:, None] + i[None, :]) < k1.to(device)[:, None]  # (w, width)
-    at = (k0.to(device)[:, None] + i[None, :]).clamp_max(span - 2)
+    # the prefixes: for time scale k, positions k0 - reach_k .. k0 - 1 of each window's sequence
+    # (earlier ones weigh below float32 resolution), flattened scale-major with no padding
+    reach = torch.tensor(model.memory_reach(), dtype=torch.int64)  # (K,)
+    sizes = torch.minimum(k0[None, :], reach[:, None]).reshape(-1)  # (K * w,)
+    n_prefix = int(sizes.sum())
+    bag_offsets = torch.cumsum(sizes, 0) - sizes
+    owner = torch.arange(len(windows)).repeat(len(reach))  # the window of each bag
+    bag = torch.repeat_interleave(torch.arange(sizes.numel()), sizes, output_size=n_prefix)
+    lag = torch.arange(n_prefix) - bag_offsets[bag]  # 0 for the token just before k0
+    prefix_lag = lag
+    prefix_ids = data.ids[start[owner[bag]] + k0[owner[bag]] - 1 - lag].long()
+    # the windows' own positions k0 .. k0 + width, cut at each sequence's last token
+    i = torch.arange(width + 1)
+    at = torch.minimum(k0[:, None] + i[None, :], k1[:, None])  # (w, width + 1); k1 is a real position
+    window_ids = data.ids[start[:, None] + at].long()
+    if device.type == "cuda":
+        prefix_ids, prefix_lag, window_ids = (a.pin_memory() for a in (prefix_ids, prefix_lag, window_ids))
+    move = {"device": device, "non_blocking": True}
+    xs, h = model.window_states(prefix_ids.to(**move), prefix_lag.to(**move), bag_offsets.to(**move),
+                                window_ids.to(**move))
+    keep = (i[None, :width] < (k1 - k0)[:, None]).to(device)  # (w, width): the counted positions
     x, x_next = xs[:, :-1][keep], xs[:, 1:][keep]
-    v_next = ids.gather(1, at + 1)[keep]
-    t = (at[keep] * model.config.dt).to(x.dtype)
+    v_next = window_ids.to(device)[:, 1:][keep]
+    t = ((k0[:, None] + i[None, :width]).to(device)[keep] * model.config.dt).to(x.dtype)
     return WindowBatch(x=x, h=h[keep], t=t, x_next=x_next, v_next=v_next)
 
 
