@@ -280,18 +280,24 @@ def main(argv: list[str] | None = None) -> int:
     fold = _setup_logging(args.verbose)
     handler = {"train": _cmd_train, "sample": _cmd_sample, "evaluate": _cmd_evaluate, "frontier": _cmd_frontier,
                "info": _cmd_info}[args.command]
+    def summary() -> None:  # before any error line, so an error stays the last line
+        for line in (fold.summary() if fold is not None else []):
+            print(line, file=sys.stderr)
+
     try:
-        return handler(args)
+        code = handler(args)
+        summary()
+        return code
     except (ValueError, FileNotFoundError, MissingExtra) as exc:
+        summary()
         msg = " ".join(str(exc).split())
         print(f"sdecore {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except OSError as exc:  # a path the user named cannot be read or written (permissions, a full disk, ...)
+        summary()
         print(f"sdecore {args.command}: error: {exc.strerror or exc} ({exc.filename or 'a file'})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        summary()
         print(f"sdecore {args.command}: interrupted", file=sys.stderr)
         return 130
-    finally:
-        for line in (fold.summary() if fold is not None else []):
-            print(line, file=sys.stderr)

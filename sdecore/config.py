@@ -7,8 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-from .embedding import DEFAULT_EMBEDDER
-
+DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"  # its tokenizer and input embeddings, shipped offline
 FORMAT_VERSION = 1
 DATA_CREDIT = "NVIDIA HelpSteer (CC-BY-4.0)"
 

@@ -18,7 +18,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+from .config import DEFAULT_EMBEDDER  # noqa: E402  (re-exported: the embedder name lives with the settings)
+
 _TABLE_KEY = "embeddings.word_embeddings.weight"
 
 

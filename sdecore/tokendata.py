@@ -53,6 +53,11 @@ class TokenSequences:
         """Counted pairs: positions k >= first with a successor in their sequence."""
         return int((self.lengths - 1 - self.firsts).clamp_min(0).sum())
 
+    def counted_tokens(self) -> list[list[int]]:
+        """Each sequence's tokens from its first counted position on, as lists."""
+        return [self.ids[int(self.offsets[s]) + int(self.firsts[s]):int(self.offsets[s + 1])].tolist()
+                for s in range(len(self))]
+
     def windows(self, width: int) -> torch.Tensor:
         """Every counted position, in runs of at most ``width`` per sequence: (n, 3) int64 rows
         ``(sequence, k0, k1)`` covering positions k0 <= k < k1, in sequence order."""
@@ -86,12 +91,11 @@ class WindowBatch:
         return self.x, self.h, self.t, self.x_next, self.v_next
 
 
-def window_batch(model: TextSDE, data: TokenSequences, windows: torch.Tensor,
-                 device: torch.device | str | None = None) -> WindowBatch:
-    """The transitions of ``windows`` (rows ``(sequence, k0, k1)``), built on ``device`` (the
-    model's by default): ids gathered on the host (pinned when the device is a GPU), then the
-    embedding lookup and the memory on the device."""
-    device = torch.device(device) if device is not None else model.emb_mean.device
+def window_batch(model: TextSDE, data: TokenSequences, windows: torch.Tensor) -> WindowBatch:
+    """The transitions of ``windows`` (rows ``(sequence, k0, k1)``), built on the model's device:
+    ids gathered on the host (pinned when the device is a GPU), then the embedding lookup and
+    the memory on the device."""
+    device = model.emb_mean.device
     seq, k0, k1 = windows[:, 0], windows[:, 1], windows[:, 2]
     start = data.offsets[seq]
     width = int((k1 - k0).max())
@@ -113,11 +117,11 @@ def window_batch(model: TextSDE, data: TokenSequences, windows: torch.Tensor,
     if device.type == "cuda":
         prefix_ids, prefix_lag, window_ids = (a.pin_memory() for a in (prefix_ids, prefix_lag, window_ids))
     move = {"device": device, "non_blocking": True}
-    xs, h = model.window_states(prefix_ids.to(**move), prefix_lag.to(**move), bag_offsets.to(**move),
-                                window_ids.to(**move))
+    window_ids = window_ids.to(**move)
+    xs, h = model.window_states(prefix_ids.to(**move), prefix_lag.to(**move), bag_offsets.to(**move), window_ids)
     keep = (i[None, :width] < (k1 - k0)[:, None]).to(device)  # (w, width): the counted positions
     x, x_next = xs[:, :-1][keep], xs[:, 1:][keep]
-    v_next = window_ids.to(device)[:, 1:][keep]
+    v_next = window_ids[:, 1:][keep]
     t = ((k0[:, None] + i[None, :width]).to(device)[keep] * model.config.dt).to(x.dtype)
     return WindowBatch(x=x, h=h[keep], t=t, x_next=x_next, v_next=v_next)
 

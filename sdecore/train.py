@@ -43,20 +43,21 @@ def weighted_loss(parts: dict[str, torch.Tensor], cfg: TrainConfig) -> torch.Ten
                              ce_weight=cfg.ce_weight)
 
 
-def _in_order(model: TextSDE, data: TokenSequences, cfg: TrainConfig, device: torch.device) -> Iterator[WindowBatch]:
+def _in_order(model: TextSDE, data: TokenSequences, cfg: TrainConfig) -> Iterator[WindowBatch]:
     """Every transition of ``data`` once, in sequence order, in batches of about _EVAL_BATCH."""
     for windows in batches(data.windows(cfg.window), max(1, _EVAL_BATCH // cfg.window)):
-        yield window_batch(model, data, windows, device)
+        yield window_batch(model, data, windows)
 
 
 @torch.no_grad()
-def evaluate_losses(model: TextSDE, data: TokenSequences, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
-    """Mean losses over all transitions (cross-entropy on every position), in eval mode."""
+def evaluate_losses(model: TextSDE, data: TokenSequences, cfg: TrainConfig) -> dict[str, float]:
+    """Mean losses over all transitions (cross-entropy on every position), in eval mode, on the
+    model's device."""
     was_training = model.training
     model.eval()
     sums = dict.fromkeys(("drift", "diffusion", "ce"), 0.0)
     n = 0
-    for batch in _in_order(model, data, cfg, device):
+    for batch in _in_order(model, data, cfg):
         parts = model(*batch.as_tuple())
         for k in sums:
             sums[k] += float(parts[k]) * len(batch)
@@ -69,21 +70,21 @@ def evaluate_losses(model: TextSDE, data: TokenSequences, cfg: TrainConfig, devi
 
 
 @torch.no_grad()
-def reference_losses(model: TextSDE, train: TokenSequences, val: TokenSequences, cfg: TrainConfig,
-                     device: torch.device) -> dict[str, float]:
+def reference_losses(model: TextSDE, train: TokenSequences, val: TokenSequences, cfg: TrainConfig
+                     ) -> dict[str, float]:
     """What the learned nets must beat, on the validation split:
     the drift loss of a zero drift, and the diffusion loss of a constant per-dimension
     sigma fitted by maximum likelihood to the learned drift's residuals on the train split."""
     model.eval()
     dt = model.config.dt
-    sq = torch.zeros(model.dim, dtype=torch.float64, device=device)
+    sq = torch.zeros(model.dim, dtype=torch.float64, device=model.emb_mean.device)
     n_train = 0
-    for b in _in_order(model, train, cfg, device):
+    for b in _in_order(model, train, cfg):
         sq += (b.x_next - b.x - model.drift(b.x, b.h, b.t) * dt).pow(2).sum(0).double()
         n_train += len(b)
     sigma_c = (sq / n_train / dt).sqrt().float()
     zero, const, n = 0.0, 0.0, 0
-    for b in _in_order(model, val, cfg, device):
+    for b in _in_order(model, val, cfg):
         mu = model.drift(b.x, b.h, b.t)
         zero += float(losses.drift_loss(b.x, b.x_next, torch.zeros_like(mu), dt)) * len(b)
         const += float(losses.diffusion_loss(b.x, b.x_next, mu, sigma_c, dt)) * len(b)
@@ -194,7 +195,10 @@ def _train(corpus, out: Path, mcfg: ModelConfig, tcfg: TrainConfig, *, dev: torc
     # Token ids only: states and memory are built per batch on the device (tokendata).
     train_data = TokenSequences.from_lists(train_seqs, train_firsts)
     val_data = TokenSequences.from_lists(val_seqs, val_firsts)
-    del train_seqs, val_seqs
+    prompt_counts = {"train_prompts": int(split.train["prompt"].nunique()),
+                     "val_prompts": int(split.validation["prompt"].nunique())}
+    map_prompts = list(dict.fromkeys(split.train["prompt"]))[:16]  # all the reference map reads
+    del df, split, train_seqs, val_seqs, train_tokens  # from here on the corpus is token ids only
     if not train_data.n_transitions or not val_data.n_transitions:
         raise ValueError("no response has two or more tokens: there are no transitions")
     model.to(dev)
@@ -209,8 +213,7 @@ def _train(corpus, out: Path, mcfg: ModelConfig, tcfg: TrainConfig, *, dev: torc
         history = {
             "corpus": str(corpus), "train_config": tcfg.to_dict(),
             "n_train_transitions": train_data.n_transitions, "n_val_transitions": val_data.n_transitions,
-            "train_prompts": int(split.train["prompt"].nunique()),
-            "val_prompts": int(split.validation["prompt"].nunique()), "epochs": [],
+            **prompt_counts, "epochs": [],
         }
         if dist_info.is_main:
             # Everything derived from an earlier model goes, so nothing stale is shown beside the new one.
@@ -232,7 +235,7 @@ def _train(corpus, out: Path, mcfg: ModelConfig, tcfg: TrainConfig, *, dev: torc
         t0 = time.time()
         train_losses = _train_epoch(net, model, train_data, tcfg, opt, dev=dev, dist_info=dist_info, epoch=epoch,
                                     progress=progress)
-        val_losses = evaluate_losses(model, val_data, tcfg, dev)
+        val_losses = evaluate_losses(model, val_data, tcfg)
         record = {"epoch": epoch + 1, "train": train_losses, "validation": val_losses,
                   "seconds": round(time.time() - t0, 2)}
         history["epochs"].append(record)
@@ -249,12 +252,12 @@ def _train(corpus, out: Path, mcfg: ModelConfig, tcfg: TrainConfig, *, dev: torc
     dist_info.barrier()
 
     if dist_info.is_main:
-        _finish(out, model, history, train_data, val_data, tcfg, dev)
+        _finish(out, model, history, train_data, val_data, tcfg)
         if tcfg.map != "none":
             from .refmap import fit_reference_map
 
-            prompts = list(dict.fromkeys(split.train["prompt"]))
-            fit_reference_map(model.cpu(), embedder, train_tokens, prompts, kind=tcfg.map, seed=tcfg.seed).save(out)
+            fit_reference_map(model.cpu(), embedder, train_data.counted_tokens(), map_prompts, kind=tcfg.map,
+                              seed=tcfg.seed).save(out)
     dist_info.barrier()
     return history
 
@@ -279,7 +282,7 @@ def _train_epoch(net, model: TextSDE, data: TokenSequences, cfg: TrainConfig, op
                                      disable=not (progress and dist_info.is_main))):
         _set_lr(opt, cfg, (epoch * steps_per_epoch + i) / (cfg.epochs * steps_per_epoch))
         with torch.no_grad():
-            batch = window_batch(model, data, windows, dev)
+            batch = window_batch(model, data, windows)
         ce_mask = torch.rand(len(batch), generator=gen) < cfg.ce_fraction
         ce_mask[0] = True
         parts = net(*batch.as_tuple(), ce_mask.to(dev), _perturb(batch.x, cfg, gen))
@@ -315,13 +318,13 @@ def _set_lr(opt: torch.optim.Optimizer, cfg: TrainConfig, progress: float) -> No
 
 
 def _finish(out: Path, model: TextSDE, history: dict, train_data: TokenSequences, val_data: TokenSequences,
-            cfg: TrainConfig, dev: torch.device) -> None:
+            cfg: TrainConfig) -> None:
     """Reload the best epoch and write the history with its reference losses."""
     model.load_state_dict(ckio.read_tensors(out / ckio.WEIGHTS))
     best = min(history["epochs"], key=lambda e: e["validation"]["total"])
     history["best_epoch"] = best["epoch"]
     history["best_validation"] = best["validation"]
-    history["references"] = reference_losses(model, train_data, val_data, cfg, dev)
+    history["references"] = reference_losses(model, train_data, val_data, cfg)
     ckio.write_json(out / ckio.HISTORY, history)
 
 

@@ -5,7 +5,7 @@ import json
 
 from conftest import TINY_CORPUS
 
-from bench.scale import write_copies
+from bench.scale import bench_throughput, write_copies
 from sdecore.data import load_corpus, split_by_prompt
 
 
@@ -20,3 +20,9 @@ def test_copies_get_their_own_prompts(tmp_path):
     assert set(df["response"]) == set(base["response"])
     split = split_by_prompt(df, 0.2)
     assert not split.train.empty and not split.validation.empty
+
+
+def test_the_throughput_row_runs_on_a_tiny_corpus():
+    row = bench_throughput(TINY_CORPUS, batch=64, steps=2)
+    assert row["on_the_fly_transitions_per_s"] > 0 and row["precomputed_transitions_per_s"] > 0
+    assert row["table_mb_per_1k_transitions"] > 100 * row["token_ids_mb_per_1k_transitions"]

@@ -140,3 +140,19 @@ def test_frontier_command_saves_for_the_dashboard(tiny_ckpt, tmp_path, capsys):
 def test_frontier_bad_scale_exits_2(tiny_ckpt, capsys):
     code, _, err = run(["frontier", "--corpus", str(TINY_CORPUS), "--model", str(tiny_ckpt), "--scales", "-1"], capsys)
     assert code == 2 and "--scales" in err and len(err.strip().splitlines()) == 1
+
+
+def test_device_flag_takes_cuda_n_and_rejects_the_rest(capsys):
+    from sdecore.cli import build_parser
+
+    assert build_parser().parse_args(["info", "--device", "cuda:1"]).device == "cuda:1"
+    for bad in ("cuda:x", "gpu", "cuda:"):
+        code, out, err = run(["info", "--device", bad], capsys)
+        assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "--device" in err, err
+
+
+def test_verbose_and_no_report_flags_parse():
+    from sdecore.cli import build_parser
+
+    a = build_parser().parse_args(["train", "--corpus", "c.jsonl", "--out", "o", "--no-report", "--verbose"])
+    assert a.no_report and a.verbose and a.device == "auto"

@@ -15,7 +15,8 @@ def setup(embedder):
     model = TextSDE(ModelConfig(drift_hidden=8, diffusion_hidden=8), embedder)
     g = torch.Generator().manual_seed(0)
     support = embedder.support_mask.nonzero().squeeze(1)
-    lengths = [1, 2, 3, 40, 300, 17, 600, 5] + torch.randint(1, 200, (20,), generator=g).tolist()
+    # 1,500 tokens: longer than the reach of the 64-token memory (about 1,180), so the cut prefix is checked
+    lengths = [1, 2, 3, 40, 300, 17, 1500, 5] + torch.randint(1, 200, (20,), generator=g).tolist()
     seqs = [support[torch.randint(len(support), (n,), generator=g)].tolist() for n in lengths]
     firsts = [0 if len(s) < 3 else int(torch.randint(0, len(s) - 1, (1,), generator=g)) for s in seqs]
     return model, seqs, firsts
@@ -67,3 +68,10 @@ def test_ranks_take_disjoint_equal_shares(setup):
     assert len(seen) == len(set(seen)) and len(seen) >= len(windows) - 3 * 2  # at most the uneven tail is left
     with pytest.raises(ValueError, match="too few train transitions"):
         list(batches(windows[:2], 2, rank=0, world=3))
+
+
+def test_counted_tokens_are_the_training_tokens(setup):
+    from sdecore.transitions import training_tokens
+
+    _, seqs, firsts = setup
+    assert TokenSequences.from_lists(seqs, firsts).counted_tokens() == training_tokens(seqs, firsts)

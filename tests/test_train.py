@@ -31,9 +31,9 @@ def test_training_lowers_validation_loss(tiny_ckpt, embedder):
     fresh = TextSDE(ModelConfig(drift_hidden=64, diffusion_hidden=32), embedder,
                     unigram_log_prior(train_seqs, embedder.support_mask, 0.1))
     val = TokenSequences.from_lists(*val_seqs)
-    before = evaluate_losses(fresh, val, TrainConfig(), torch.device("cpu"))
+    before = evaluate_losses(fresh, val, TrainConfig())
     trained = load_checkpoint(tiny_ckpt, embedder=embedder).model
-    after = evaluate_losses(trained, val, TrainConfig(), torch.device("cpu"))
+    after = evaluate_losses(trained, val, TrainConfig())
     assert after["total"] < before["total"] - 0.5
     assert after["ce"] < before["ce"] - 0.5
 
@@ -192,7 +192,7 @@ def test_on_the_fly_batches_train_as_the_precomputed_table_did(embedder, tmp_pat
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-    old = evaluate_losses(model, TokenSequences.from_lists(val_seqs, val_firsts), cfg, torch.device("cpu"))
+    old = evaluate_losses(model, TokenSequences.from_lists(val_seqs, val_firsts), cfg)
     new = hist["epochs"][0]["validation"]
     for k in ("drift", "diffusion", "ce", "total"):
         assert new[k] == pytest.approx(old[k], rel=1e-4), (k, new[k], old[k])
