@@ -107,9 +107,8 @@ def window_batch(model: TextSDE, data: TokenSequences, windows: torch.Tensor) ->
     bag_offsets = torch.cumsum(sizes, 0) - sizes
     owner = torch.arange(len(windows)).repeat(len(reach))  # the window of each bag
     bag = torch.repeat_interleave(torch.arange(sizes.numel()), sizes, output_size=n_prefix)
-    lag = torch.arange(n_prefix) - bag_offsets[bag]  # 0 for the token just before k0
-    prefix_lag = lag
-    prefix_ids = data.ids[start[owner[bag]] + k0[owner[bag]] - 1 - lag].long()
+    prefix_lag = torch.arange(n_prefix) - bag_offsets[bag]  # 0 for the token just before k0
+    prefix_ids = data.ids[start[owner[bag]] + k0[owner[bag]] - 1 - prefix_lag].long()
     # the windows' own positions k0 .. k0 + width, cut at each sequence's last token
     i = torch.arange(width + 1)
     at = torch.minimum(k0[:, None] + i[None, :], k1[:, None])  # (w, width + 1); k1 is a real position
