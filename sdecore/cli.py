@@ -21,8 +21,6 @@ import sys  # noqa: E402
 from . import limits  # noqa: E402
 from .extras import MissingExtra  # noqa: E402
 
-_MAP_KINDS = ("none", "pca", "umap")
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, status 2, no usage dump
@@ -76,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="transitions per optimisation step, per process under torchrun")
     t.add_argument("--resume", action="store_true", help="continue from the folder's last saved epoch")
     t.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
-    t.add_argument("--map", choices=_MAP_KINDS, default="none",
+    t.add_argument("--map", choices=limits.MAP_KINDS, default="none",
                    help="reference map to fit for the dashboard (umap: about a minute more)")
     t.add_argument("--no-report", action="store_true",
                    help="skip the held-out evaluation that follows training (report.json)")

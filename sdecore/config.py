@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
+from .limits import MAP_KINDS, check_choice, check_int, check_seed
+
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"  # its tokenizer and input embeddings, shipped offline
 FORMAT_VERSION = 1
 DATA_CREDIT = "NVIDIA HelpSteer (CC-BY-4.0)"
@@ -97,18 +99,15 @@ class TrainConfig:
     map: str = "none"  # reference map fitted after training: none, pca or umap
 
     def validate(self) -> TrainConfig:
-        if self.epochs < 1:
-            raise ValueError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.seed < 0:
-            raise ValueError(f"--seed must be a non-negative integer, got {self.seed}")
-        if self.max_rows is not None and self.max_rows < 1:
-            raise ValueError(f"--max-rows must be at least 1, got {self.max_rows}")
+        """The settings checked with :mod:`sdecore.limits` (``ValueError`` naming the flag)."""
+        self.epochs, self.seed = check_int(self.epochs, "--epochs", 1), check_seed(self.seed)
+        if self.max_rows is not None:
+            self.max_rows = check_int(self.max_rows, "--max-rows", 1)
+        self.batch_size = check_int(self.batch_size, "--batch-size", 1)
+        self.window = check_int(self.window, "window", 1)
+        self.map = check_choice(self.map, MAP_KINDS, "--map")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
-        if self.batch_size < 1 or self.window < 1:
-            raise ValueError(f"batch_size and window must be at least 1, got {self.batch_size} and {self.window}")
-        if self.map not in ("none", "pca", "umap"):
-            raise ValueError(f"--map must be one of none, pca, umap, got {self.map!r}")
         if not 0 < self.ce_fraction <= 1:
             raise ValueError(f"ce_fraction must lie in (0, 1], got {self.ce_fraction}")
         return self

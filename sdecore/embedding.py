@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-log = logging.getLogger(__name__)
+from .config import DEFAULT_EMBEDDER  # the embedder's name lives with the settings
 
-from .config import DEFAULT_EMBEDDER  # noqa: E402  (re-exported: the embedder name lives with the settings)
+log = logging.getLogger(__name__)
 
 _TABLE_KEY = "embeddings.word_embeddings.weight"
 

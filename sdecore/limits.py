@@ -20,6 +20,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "substeps": (1, 64),
 }
 SOLVERS = ("em", "euler", "milstein", "srk")
+MAP_KINDS = ("none", "pca", "umap")  # the reference map a training run fits
 DEVICES = ("auto", "cpu", "cuda")  # and cuda:N
 
 

@@ -25,8 +25,7 @@ import torch
 from . import checkpoint as ckio
 from .checkpoint import MAP_META, MAP_TENSORS
 from .extras import require
-
-MAP_KINDS = ("none", "pca", "umap")
+from .limits import MAP_KINDS, check_choice
 
 
 class PCAMap:
@@ -191,8 +190,8 @@ def reference_points(model, embedder, train_tokens: list[list[int]], prompts: li
 def fit_reference_map(model, embedder, train_tokens: list[list[int]], prompts: list[str], *, kind: str = "pca",
                       seed: int = 0) -> PCAMap | UMAPMap:
     """Fit the reference map of ``kind`` (``pca`` or ``umap``) on :func:`reference_points`."""
-    if kind not in MAP_KINDS or kind == "none":
-        raise ValueError(f"--map must be one of {', '.join(MAP_KINDS)}, got {kind!r}")
+    if check_choice(kind, MAP_KINDS, "--map") == "none":
+        raise ValueError("--map none fits no map; ask for pca or umap")
     points, ids, held = reference_points(model, embedder, train_tokens, prompts[:16], seed=seed)
     if kind == "pca":
         return PCAMap().fit(points, ids)
