@@ -15,10 +15,10 @@ import streamlit as st
 
 import sdecore
 from sdecore import analysis, processes
+from sdecore.metrics import as_float64
 from sdecore.refmap import PCAMap, load_reference_map
 
 from .session import N_REFERENCE, model
-from .shaping import _np
 
 
 # ----------------------------------------------------------------------------- maps
@@ -71,7 +71,7 @@ def generate(folder: str, stamp: tuple, prompt: str, paths: int, tokens: int, sc
                                      diffusion_scale=scale, solver=solver, substeps=substeps, seed=seed,
                                      snap=snap, record_states=True)
         texts = sdecore.path_texts(ck.embedder, res)
-        states = _np(res.states)
+        states = as_float64(res.states)
         nearest = ck.model.emission.nearest_tokens(res.states.reshape(-1, states.shape[-1]))
         nearest = nearest.cpu().numpy().reshape(states.shape[:2])
     ids = res.token_ids.numpy()
@@ -79,10 +79,10 @@ def generate(folder: str, stamp: tuple, prompt: str, paths: int, tokens: int, sc
         "texts": texts, "token_ids": ids, "probs": res.probs.numpy().astype(np.float64),
         "token_strs": [ck.embedder.tokens([v for v in row if v >= 0]) for row in ids],
         "nearest": [ck.embedder.tokens([max(int(v), 0) for v in row]) for row in nearest],
-        "nearest_ok": nearest >= 0, "t": _np(res.times - res.times[0]), "diverged": res.diverged.numpy(),
+        "nearest_ok": nearest >= 0, "t": as_float64(res.times - res.times[0]), "diverged": res.diverged.numpy(),
         "diverged_at": res.diverged_at.numpy(), "states": states.astype(np.float32),
-        "drift_norm": np.linalg.norm(_np(res.drift), axis=-1),
-        "sigma2": _np(res.sigma2), "scale": float(scale), "dt": float(ck.model.config.dt),
+        "drift_norm": np.linalg.norm(as_float64(res.drift), axis=-1),
+        "sigma2": as_float64(res.sigma2), "scale": float(scale), "dt": float(ck.model.config.dt),
         "prompt_tokens": ck.embedder.tokens(res.prompt_ids),
     }
 

@@ -9,11 +9,6 @@ from pathlib import Path
 import numpy as np
 
 
-def _np(t) -> np.ndarray | None:
-    """A tensor as a float64 numpy array on the CPU (None stays None)."""
-    return None if t is None else t.detach().cpu().numpy().astype(np.float64)
-
-
 def step_magnitudes(result: dict) -> tuple[np.ndarray, np.ndarray]:
     """Per step k -> k+1: drift |mu_k dt| and diffusion s sqrt(sum sigma^2_k dt), each (paths, steps).
 
