@@ -34,11 +34,16 @@ def _check_support(support: torch.Tensor) -> torch.Tensor:
     return support.detach().to("cpu").clone()
 
 
-def _flatten(seqs: list[list[int]], support: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """All ids of ``seqs`` concatenated (T,) and each sequence's length (n_seqs,), validated."""
-    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-    flat = np.fromiter((v for s in seqs for v in s), dtype=np.int64, count=int(lengths.sum()))
-    ids = torch.from_numpy(flat)
+def _flatten(seqs, support: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """All ids of ``seqs`` concatenated (T,) and each sequence's length (n_seqs,), validated.
+    ``seqs`` is a list of id lists, or any object whose ``counted()`` gives that flat form
+    already (``sdecore.tokendata.TokenSequences``: the counted part of each sequence)."""
+    if hasattr(seqs, "counted"):
+        ids, lengths = seqs.counted()
+        ids, lengths = ids.to(torch.int64), lengths.to(torch.int64)
+    else:
+        lengths = torch.from_numpy(np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs)))
+        ids = torch.from_numpy(np.fromiter((v for s in seqs for v in s), dtype=np.int64, count=int(lengths.sum())))
     vocab = support.numel()
     if ids.numel():
         if int(ids.min()) < 0 or int(ids.max()) >= vocab:
@@ -47,7 +52,7 @@ def _flatten(seqs: list[list[int]], support: torch.Tensor) -> tuple[torch.Tensor
         if bool(off.any()):
             bad = sorted(set(ids[off].tolist()))[:5]
             raise ValueError(f"sequences hold ids outside the support (special tokens?), e.g. {bad}; drop them first")
-    return ids, torch.from_numpy(lengths)
+    return ids, lengths
 
 
 def _check_ids(ids: torch.Tensor, vocab: int, name: str) -> torch.Tensor:
@@ -89,8 +94,9 @@ class UnigramLM:
     ``log_probs_`` (vocab,) float64 with ``-inf`` outside the support.
     """
 
-    def fit(self, seqs: list[list[int]], support: torch.Tensor, alpha: float = 0.1) -> UnigramLM:
-        """Count every token of ``seqs`` (lists of support ids); ``alpha > 0``."""
+    def fit(self, seqs, support: torch.Tensor, alpha: float = 0.1) -> UnigramLM:
+        """Count every token of ``seqs`` (lists of support ids, or token sequences, see
+        ``_flatten``); ``alpha > 0``."""
         if not math.isfinite(alpha) or alpha <= 0:
             raise ValueError(f"alpha must be a finite number > 0 so no support token has zero probability, got {alpha}")
         support = _check_support(support)
@@ -114,7 +120,7 @@ class UnigramLM:
         prev = _check_ids(prev, self.vocab_size, "prev")
         return self.log_probs_.to(dtype).expand(prev.numel(), -1).clone()
 
-def unigram_log_prior(seqs: list[list[int]], support: torch.Tensor, alpha: float) -> torch.Tensor:
+def unigram_log_prior(seqs, support: torch.Tensor, alpha: float) -> torch.Tensor:
     """The emission's prior: log-probabilities of the add-alpha :class:`UnigramLM` of ``seqs``,
     float32 (vocab,), 0 (not -inf) outside the support, where the emission masks anyway."""
     logp = UnigramLM().fit(seqs, support, alpha=alpha).log_probs_
@@ -147,8 +153,9 @@ class KneserNeyBigramLM:
     (vocab,) ``c(u)``, ``n_follow_`` (vocab,) ``N1+(u .)``, ``log_p_cont_`` (vocab,) float64.
     """
 
-    def fit(self, seqs: list[list[int]], support: torch.Tensor, discount: float = 0.75) -> KneserNeyBigramLM:
-        """Count the adjacent pairs inside each of ``seqs`` (lists of support ids); ``0 < discount <= 1``."""
+    def fit(self, seqs, support: torch.Tensor, discount: float = 0.75) -> KneserNeyBigramLM:
+        """Count the adjacent pairs inside each of ``seqs`` (lists of support ids, or token
+        sequences, see ``_flatten``); ``0 < discount <= 1``."""
         if not math.isfinite(discount) or not 0 < discount <= 1:
             raise ValueError(f"discount must lie in (0, 1] so each row sums to 1 with no zero, got {discount}")
         support = _check_support(support)
@@ -212,18 +219,32 @@ class KneserNeyBigramLM:
         return _sample_rows(self.log_prob_rows(prev, torch.float64), generator, temperature)
 
 # --------------------------------------------------------------------------- metrics
-def row_stats(rows: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def row_stats(rows: torch.Tensor, targets: torch.Tensor, *, normalised: bool = True,
+              row_of: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per target: its NLL (n,) float64, and whether it is in the top 1 and top 10 (n,) bool.
 
-    rows: (n, vocab) log-probabilities; a target is in the top k when fewer than k tokens of
-    its row are strictly more likely (ties count as hits).
+    rows: (r, vocab) log-probabilities, or with ``normalised=False`` logits (log-probabilities
+    up to a constant per row, normalised here by their log-sum-exp, so no second (r, vocab)
+    tensor is made); target i reads row ``row_of[i]`` (row i without ``row_of``, r = n), so
+    targets that share a distribution share its row. A target is in the top k when fewer
+    than k tokens of its row are strictly more likely (ties count as hits).
     """
-    if rows.ndim != 2 or targets.ndim != 1 or rows.shape[0] != targets.shape[0]:
-        raise ValueError(f"rows must be (n, vocab), targets (n,); got {tuple(rows.shape)} and {tuple(targets.shape)}")
+    shapes = f"got {tuple(rows.shape)} and {tuple(targets.shape)}"
+    if rows.ndim != 2 or targets.ndim != 1 or (row_of is None and rows.shape[0] != targets.shape[0]):
+        raise ValueError(f"rows must be (n, vocab), targets (n,); {shapes}")
+    if row_of is None:
+        row_of = torch.arange(targets.shape[0], device=rows.device)
+    row_of = row_of.to(rows.device, torch.long)
+    if row_of.shape != targets.shape or (row_of.numel() and not 0 <= int(row_of.min()) <= int(row_of.max())
+                                          < rows.shape[0]):
+        raise ValueError(f"row_of must give each target a row of rows; {shapes}")
     targets = targets.to(rows.device, torch.long)
     if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= rows.shape[1]):
         raise ValueError(f"targets hold ids outside [0, {rows.shape[1]})")
-    lp = rows.gather(1, targets.unsqueeze(1))[:, 0]  # (n,)
+    lp = rows[row_of, targets]  # (n,)
     k = min(10, rows.shape[1])
-    kth = rows.topk(k, dim=1).values  # (n, k), descending
-    return -lp.to(torch.float64), lp >= kth[:, 0], lp >= kth[:, k - 1]
+    kth = rows.topk(k, dim=1).values[row_of]  # (n, k), descending
+    nll = -lp.to(torch.float64)
+    if not normalised:
+        nll = nll + torch.logsumexp(rows, dim=1).to(torch.float64)[row_of]
+    return nll, lp >= kth[:, 0], lp >= kth[:, k - 1]

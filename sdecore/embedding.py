@@ -14,6 +14,7 @@ import logging
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .config import DEFAULT_EMBEDDER  # the embedder's name lives with the settings
@@ -129,6 +130,18 @@ class Embedder:
         """Token ids of ``text``, without special tokens."""
         ids = self.tokenizer.encode(text, add_special_tokens=False).ids
         return [i for i in ids if i not in self.special_ids]
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        """Token ids of many texts at once, without special tokens: one int32 array per text.
+        The tokenizer splits the batch over its own threads (Rust), so a corpus is tokenised
+        in parallel without worker processes."""
+        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        special = np.fromiter(self.special_ids, dtype=np.int32, count=len(self.special_ids))
+        out = []
+        for enc in encodings:
+            ids = np.asarray(enc.ids, dtype=np.int32)
+            out.append(ids[~np.isin(ids, special)] if special.size else ids)
+        return out
 
     def tokens(self, ids: list[int]) -> list[str]:
         """The token strings of ``ids`` (WordPiece pieces keep their ``##``)."""

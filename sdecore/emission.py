@@ -44,17 +44,18 @@ class GaussianEmission(nn.Module):
 
         mean: (batch, dim); var: (batch, dim) or (dim,). Returns (batch, vocab).
         The quadratic is expanded, ``|E_v - m|^2_var = E_v^2 . 1/var - 2 E_v . m/var + const``,
-        so the cost is two matrix products instead of a (batch, vocab, dim) tensor; the
-        constant (and the Gaussian's normaliser, equal for every v) cancels in the softmax.
+        so the cost is matrix products instead of a (batch, vocab, dim) tensor; the constant
+        (and the Gaussian's normaliser, equal for every v) cancels in the softmax. Everything
+        that does not depend on the row (the prior, the support mask, and the quadratic when
+        ``var`` is shared) is one bias of shape (vocab,), added inside the product (``addmm``),
+        so a (batch, vocab) tensor is written once, or twice with a per-row ``var``.
         """
         inv = 1.0 / var
+        bias = torch.where(self.support_mask, self.prior_weight * self.log_prior, float("-inf"))
         if inv.ndim == 1:
-            quad = (self.table_sq @ inv).unsqueeze(0)  # (1, vocab)
-        else:
-            quad = inv @ self.table_sq.T  # (batch, vocab)
-        cross = (mean * inv) @ self.table.T
-        out = self.prior_weight * self.log_prior - 0.5 * quad + cross
-        return out.masked_fill(~self.support_mask, float("-inf"))
+            return torch.addmm(bias - 0.5 * (self.table_sq @ inv), mean * inv, self.table.T)
+        out = torch.addmm(bias, mean * inv, self.table.T)
+        return out.addmm_(inv, self.table_sq.T, alpha=-0.5)
 
     def next_token_logits(self, mean: torch.Tensor, sigma2dt: torch.Tensor) -> torch.Tensor:
         """Closed-form next-token logits after one SDE step: var = sigma^2 dt + tau^2."""

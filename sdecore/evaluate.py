@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,91 +37,185 @@ from .embedding import Embedder
 from .emission import GaussianEmission
 from .metrics import gaussian_nll, perplexity
 from .model import TextSDE
-from .transitions import Transitions, build_transitions, encode_rows, training_tokens
+from .tokendata import TokenSequences, WindowBatch, encode_corpus, in_order, window_batch
 
 log = logging.getLogger(__name__)
 
 MODEL_NAMES = ("sde", "unigram", "bigram", "brownian", "ar1", "drift_only")
+CONTINUOUS = ("sde", "brownian", "ar1", "drift_only")
+BY_TOKEN = ("brownian", "ar1")  # predictions that depend on the current token alone
 METRICS = ("token_ppl", "increment_nll", "top1", "top10", "coverage90")
 CALIBRATION_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
-_BATCH = 1024
+_BATCH = 1024  # transitions per batch: every pass holds one batch's states and logits at a time
 _Z90 = float(norm.ppf(0.95))
+_EMISSION_STEPS, _EMISSION_BATCH = 30, 256
 
 
 @dataclass
 class GaussianStep:
-    """A continuous model's prediction of x_{k+1}: mean (n, dim), var (n, dim) or (dim,)."""
+    """A continuous model's prediction of x_{k+1}: mean (r, dim), var (r, dim) or (dim,).
+    Transition i reads row ``row_of[i]`` (row i without ``row_of``, r = n): a model whose
+    prediction depends on the current token alone needs one row per distinct token."""
 
     mean: torch.Tensor
     var: torch.Tensor
+    row_of: torch.Tensor | None = None
 
-    def rows(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.mean[idx], self.var[idx] if self.var.ndim == 2 else self.var
+    def per_transition(self) -> GaussianStep:
+        """The same prediction with one row per transition."""
+        if self.row_of is None:
+            return self
+        return GaussianStep(self.mean[self.row_of], self.var[self.row_of] if self.var.ndim == 2 else self.var)
+
+    def by_token(self, v: torch.Tensor) -> GaussianStep:
+        """One row per distinct current token ``v`` (n,), for a prediction that depends on it
+        alone (brownian, ar1): the logits then cost a row per token, not per transition."""
+        unique, row_of = torch.unique(v, return_inverse=True)
+        first = torch.full((unique.numel(),), v.numel(), dtype=torch.long, device=v.device)
+        first.scatter_reduce_(0, row_of, torch.arange(v.numel(), device=v.device), reduce="amin")
+        return GaussianStep(self.mean[first], self.var[first] if self.var.ndim == 2 else self.var, row_of)
+
+
+@dataclass
+class ContinuousFits:
+    """The baselines' parameters, fitted on the fit split: brownian's variance, ar1's map
+    ``x A + b`` and residual variance, and drift_only's variance around the learned drift."""
+
+    brownian_var: torch.Tensor
+    ar1_a: torch.Tensor
+    ar1_b: torch.Tensor
+    ar1_var: torch.Tensor
+    drift_var: torch.Tensor
+
+
+class _FitStatistics:
+    """Running sums over fit transitions from which :class:`ContinuousFits` follows, in float64:
+    a pass over any number of batches holds (dim + 1)^2 numbers, not the transitions."""
+
+    def __init__(self, dim: int, device: torch.device):
+        f64 = {"dtype": torch.float64, "device": device}
+        self.n = 0
+        self.sq_increment = torch.zeros(dim, **f64)  # sum (x' - x)^2
+        self.sq_drift = torch.zeros(dim, **f64)  # sum (x' - x - mu dt)^2
+        self.gram = torch.zeros(dim + 1, dim + 1, **f64)  # X1^T X1, X1 = [x, 1]
+        self.cross = torch.zeros(dim + 1, dim, **f64)  # X1^T x'
+        self.sq_next = torch.zeros(dim, **f64)  # sum x'^2
+
+    def add(self, x: torch.Tensor, x_next: torch.Tensor, mean_sde: torch.Tensor) -> None:
+        x1 = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1).double()
+        y = x_next.double()
+        self.n += x.shape[0]
+        self.sq_increment += (y - x.double()).pow(2).sum(0)
+        self.sq_drift += (y - mean_sde.double()).pow(2).sum(0)
+        self.gram += x1.T @ x1
+        self.cross += x1.T @ y
+        self.sq_next += y.pow(2).sum(0)
+
+    def result(self, ridge: float = 1e-3) -> ContinuousFits:
+        """ar1 by least squares with a small ridge on A (not on b); its residual variance per
+        dimension from the same sums, ``|y - X1 c|^2 = y.y - 2 c.(X1^T y) + c.(X1^T X1 c)``."""
+        dim = self.sq_next.numel()
+        gram = self.gram.clone()
+        gram[:-1, :-1] += ridge * self.n * torch.eye(dim, dtype=torch.float64, device=gram.device)
+        coef = torch.linalg.solve(gram, self.cross)  # (dim + 1, dim)
+        rss = self.sq_next - 2 * (coef * self.cross).sum(0) + (coef * (self.gram @ coef)).sum(0)
+        return ContinuousFits(brownian_var=(self.sq_increment / self.n).float(), ar1_a=coef[:-1].float(),
+                              ar1_b=coef[-1].float(), ar1_var=(rss.clamp_min(0) / self.n).float(),
+                              drift_var=(self.sq_drift / self.n).float())
 
 
 @torch.no_grad()
-def predict_steps(model: TextSDE, data: Transitions, name: str, fit: Transitions) -> GaussianStep:
-    """One-step Gaussian predictions of the continuous models on ``data``, their
-    parameters fitted on ``fit`` where they have any.
+def fit_continuous(model: TextSDE, batches: Iterable[WindowBatch]) -> ContinuousFits:
+    """The continuous baselines' parameters from one pass over fit transitions (any iterable
+    of batches with ``x``, ``h``, ``t``, ``x_next``): brownian, N(x, c) with c the mean squared
+    increment; ar1, x_{k+1} = x_k A + b + eps by least squares, with its residual variance;
+    drift_only, the learned drift with the maximum-likelihood constant variance."""
+    acc = _FitStatistics(model.dim, model.emb_mean.device)
+    for b in batches:
+        acc.add(b.x, b.x_next, b.x + model.drift(b.x, b.h, b.t) * model.config.dt)
+    if acc.n == 0:
+        raise ValueError("the fit split has no transitions")
+    return acc.result()
 
-    sde: N(x + mu dt, sigma^2 dt); drift_only: the learned drift with a constant per-dimension
-    variance (maximum likelihood on fit); brownian: N(x, c) with c the mean squared increment
-    on fit; ar1: x_{k+1} = x_k A + b + eps, fitted by least squares, with its residual variance.
-    """
-    dt = model.config.dt
+
+@torch.no_grad()
+def predict_step(model: TextSDE, batch: WindowBatch, name: str, fits: ContinuousFits) -> GaussianStep:
+    """A continuous model's one-step Gaussian prediction on ``batch``: sde, N(x + mu dt,
+    sigma^2 dt); drift_only, the learned drift with a constant variance; brownian, N(x, c);
+    ar1, N(x A + b, residual variance)."""
+    x, h, t, dt = batch.x, batch.h, batch.t, model.config.dt
     if name == "brownian":
-        return GaussianStep(data.x, (fit.x_next - fit.x).pow(2).mean(0))
+        return GaussianStep(x, fits.brownian_var)
     if name == "ar1":
-        a, b = _fit_ar1(fit.x, fit.x_next)
-        var = (fit.x_next - fit.x @ a - b).pow(2).mean(0)
-        return GaussianStep(data.x @ a + b, var)
-    means, vars_ = [], []
-    for idx in torch.arange(len(data)).split(_BATCH):
-        x, h, t = data.x[idx], data.h[idx], data.t[idx]
-        means.append(x + model.drift(x, h, t) * dt)
-        vars_.append(model.sigma(x, h, t).pow(2) * dt)
-    mean = torch.cat(means)
+        return GaussianStep(torch.addmm(fits.ar1_b, x, fits.ar1_a), fits.ar1_var)
+    mean = x + model.drift(x, h, t) * dt
     if name == "sde":
-        return GaussianStep(mean, torch.cat(vars_))
+        return GaussianStep(mean, model.sigma(x, h, t).pow(2) * dt)
     if name == "drift_only":
-        fit_mean = predict_steps(model, fit, "sde", fit).mean
-        return GaussianStep(mean, (fit.x_next - fit_mean).pow(2).mean(0))
+        return GaussianStep(mean, fits.drift_var)
     raise ValueError(f"unknown continuous model {name!r}")
 
 
-def _fit_ar1(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
-    """Least squares ``y ≈ x A + b`` with a small ridge on A: A (dim, dim), b (dim,)."""
-    x1 = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1).double()
-    gram = x1.T @ x1
-    gram[:-1, :-1] += ridge * x.shape[0] * torch.eye(x.shape[1], dtype=torch.float64, device=x.device)
-    coef = torch.linalg.solve(gram, x1.T @ y.double()).float()
-    return coef[:-1], coef[-1]
+def emission_draws(n: int, *, steps: int = _EMISSION_STEPS, batch: int = _EMISSION_BATCH, seed: int = 0
+                   ) -> list[torch.Tensor]:
+    """The fit transitions each step of an emission fit reads: ``steps`` seeded draws of
+    ``batch`` numbers in [0, n)."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, n, (min(batch, n),), generator=gen) for _ in range(steps)]
 
 
-def fit_emission(model: TextSDE, pred: GaussianStep, targets: torch.Tensor, log_prior: torch.Tensor, *,
-                 steps: int = 30, batch: int = 256, seed: int = 0) -> GaussianEmission:
-    """A Gaussian emission (tau, w) fitted by cross-entropy to a model's predictions on its fit
-    transitions, the way the SDE's emission is trained (Adam from the SDE's own tau and w,
-    which sit near the optimum, so a few dozen full-vocabulary steps suffice)."""
+def fit_emission(model: TextSDE, pred: GaussianStep, targets: torch.Tensor, log_prior: torch.Tensor,
+                 draws: list[torch.Tensor]) -> GaussianEmission:
+    """A Gaussian emission (tau, w) fitted by cross-entropy to a model's predictions ``pred``
+    on fit transitions, the way the SDE's emission is trained: one Adam step per draw (rows of
+    ``pred`` and ``targets``), from the SDE's own tau and w, which sit near the optimum, so a
+    few dozen full-vocabulary steps suffice."""
     table = model.emission.table
     emission = GaussianEmission(table, model.emission.support_mask, log_prior).to(table.device)
     emission.load_state_dict({**model.emission.state_dict(), "log_prior": log_prior})
     opt = torch.optim.Adam(emission.parameters(), lr=0.05)
-    gen = torch.Generator().manual_seed(seed)
-    n = targets.shape[0]
-    for _ in range(steps):
-        idx = torch.randint(0, n, (min(batch, n),), generator=gen)
-        mean, var = pred.rows(idx)
-        loss = torch.nn.functional.cross_entropy(emission.next_token_logits(mean, var), targets[idx])
+    for idx in draws:
+        idx = idx.to(targets.device)
+        rows = idx if pred.row_of is None else pred.row_of[idx]
+        used, row_of = torch.unique(rows, return_inverse=True)  # each distinct row's logits once
+        var = pred.var[used] if pred.var.ndim == 2 else pred.var
+        logp = torch.log_softmax(emission.next_token_logits(pred.mean[used], var), dim=-1)
+        loss = -logp[row_of, targets[idx]].mean()  # the cross-entropy of the drawn transitions
         opt.zero_grad()
         loss.backward()
         opt.step()
     return emission.eval()
 
 
+@torch.no_grad()
+def _sampled_rows(model: TextSDE, data: TokenSequences, index: torch.Tensor) -> WindowBatch:
+    """The fit transitions numbered ``index`` (in sequence order), built from token ids."""
+    parts = [window_batch(model, data, data.positions(chunk)) for chunk in index.split(_BATCH)]
+    return WindowBatch(**{f: torch.cat([getattr(p, f) for p in parts])
+                          for f in ("x", "h", "t", "x_next", "v_next", "v")})
+
+
+def _fit_emissions(model: TextSDE, fit_data: TokenSequences, fits: ContinuousFits, log_prior: torch.Tensor
+                   ) -> dict[str, GaussianEmission]:
+    """An emission per continuous baseline, each fitted on the same seeded draws of fit
+    transitions; only the drawn transitions are built."""
+    draws = emission_draws(fit_data.n_transitions)
+    unique, inverse = torch.unique(torch.cat(draws), return_inverse=True)
+    rows = _sampled_rows(model, fit_data, unique)
+    local = list(inverse.split([len(d) for d in draws]))
+    out = {"sde": model.emission}
+    for name in ("brownian", "ar1", "drift_only"):
+        pred = predict_step(model, rows, name, fits)
+        if name in BY_TOKEN:
+            pred = pred.by_token(rows.v)
+        out[name] = fit_emission(model, pred, rows.v_next, log_prior, local)
+    return out
+
+
 def _gaussian_stats(pred: GaussianStep, x_next: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per transition: increment NLL per dimension, coverage of the 90% interval, and the
     standardised residuals' absolute values (for calibration)."""
+    pred = pred.per_transition()
     var = pred.var if pred.var.ndim == 2 else pred.var.expand_as(pred.mean)
     resid = x_next - pred.mean
     z = (resid / var.sqrt()).abs()
@@ -129,23 +224,41 @@ def _gaussian_stats(pred: GaussianStep, x_next: torch.Tensor) -> dict[str, torch
 
 
 @torch.no_grad()
-def _emission_stats(emission: GaussianEmission, pred: GaussianStep, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-    out = {"nll": [], "top1": [], "top10": []}
-    for idx in torch.arange(targets.shape[0]).split(_BATCH):
-        mean, var = pred.rows(idx)
-        rows = torch.log_softmax(emission.next_token_logits(mean, var), dim=-1)
-        for k, v in zip(out, row_stats(rows, targets[idx])):
-            out[k].append(v.cpu())
-    return {k: torch.cat(v) for k, v in out.items()}
+def _score(model: TextSDE, eval_data: TokenSequences, fits: ContinuousFits, emissions: dict[str, GaussianEmission],
+           discrete: dict[str, UnigramLM | KneserNeyBigramLM]) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """One pass over the evaluated transitions, every model on each batch: per model and
+    transition the token NLL, top-1/top-10 hits and, for continuous models, the increment NLL
+    and 90% coverage; the count of the SDE's standardised residuals inside each calibration
+    level's interval; and each transition's sequence."""
+    parts: dict[str, dict[str, list]] = {m: {} for m in MODEL_NAMES}
+    thresholds = torch.tensor([float(norm.ppf(0.5 + lv / 2)) for lv in CALIBRATION_LEVELS],
+                              device=model.emb_mean.device)
+    inside = torch.zeros(len(CALIBRATION_LEVELS), dtype=torch.float64, device=thresholds.device)
+    seqs = []
 
+    def keep(name, **values):
+        for k, v in values.items():
+            parts[name].setdefault(k, []).append(v.cpu())
 
-@torch.no_grad()
-def _discrete_stats(lm, prev: torch.Tensor, nxt: torch.Tensor) -> dict[str, torch.Tensor]:
-    out = {"nll": [], "top1": [], "top10": []}
-    for idx in torch.arange(prev.shape[0]).split(_BATCH):
-        for k, v in zip(out, row_stats(lm.log_prob_rows(prev[idx]), nxt[idx])):
-            out[k].append(v)
-    return {k: torch.cat(v) for k, v in out.items()}
+    for b in in_order(model, eval_data, per_batch=_BATCH):
+        seqs.append(b.seq.cpu())
+        prev, nxt = b.v.cpu(), b.v_next.cpu()
+        for name, lm in discrete.items():
+            nll, top1, top10 = row_stats(lm.log_prob_rows(prev), nxt)
+            keep(name, nll=nll, top1=top1, top10=top10)
+        for name in CONTINUOUS:
+            pred = predict_step(model, b, name, fits)
+            shared = pred.by_token(b.v) if name in BY_TOKEN else pred
+            logits = emissions[name].next_token_logits(shared.mean, shared.var)
+            nll, top1, top10 = row_stats(logits, b.v_next, normalised=False, row_of=shared.row_of)
+            del logits
+            g = _gaussian_stats(pred, b.x_next)
+            keep(name, nll=nll, top1=top1, top10=top10, increment_nll=g["increment_nll"], coverage90=g["coverage90"])
+            if name == "sde":
+                inside += (g["z"].unsqueeze(-1) <= thresholds).sum((0, 1)).double()
+    stats = {m: {k: torch.cat(v) for k, v in d.items()} for m, d in parts.items()}
+    seq = torch.cat(seqs)
+    return stats, inside.cpu() / (len(seq) * model.dim), seq
 
 
 def _summary(stats: dict[str, torch.Tensor], mask: torch.Tensor | None = None) -> dict[str, float | None]:
@@ -178,7 +291,9 @@ def write_report(folder: str | Path, corpus: str | Path, *, max_rows: int | None
 def evaluate_checkpoint(ckpt: Checkpoint, corpus: str | Path, *, split: str = "validation",
                         fit_corpus: str | Path | None = None, max_rows: int | None = None) -> dict:
     """The ``evaluate`` report of a checkpoint on ``corpus`` (see the module docstring),
-    computed on the device the checkpoint's model is on."""
+    computed on the device the checkpoint's model is on, in batches: the corpora are held as
+    token ids and every state is built per batch (docs/design.md §4.3), so memory does not
+    grow with the corpus beyond four bytes a token and a few numbers a transition."""
     if split not in ("validation", "all"):
         raise ValueError(f"--split must be validation or all, got {split!r}")
     model, emb = ckpt.model.eval(), ckpt.embedder
@@ -196,44 +311,26 @@ def evaluate_checkpoint(ckpt: Checkpoint, corpus: str | Path, *, split: str = "v
                          "name another with --fit-corpus")
 
     include_prompts = ckpt.history.get("train_config", {}).get("include_prompts", True)
-    eval_seqs, eval_firsts = encode_rows(emb, eval_df, training=False)
-    fit_seqs, fit_firsts = encode_rows(emb, fit_df, training=True, include_prompts=include_prompts)
-    data = build_transitions(model, eval_seqs, eval_firsts).to(dev)
-    fit = build_transitions(model, fit_seqs, fit_firsts).to(dev)
-    fit_seqs = training_tokens(fit_seqs, fit_firsts)
-    log_prior = unigram_log_prior(fit_seqs, emb.support_mask, model.config.prior_smoothing).to(dev)
+    eval_data = encode_corpus(emb, eval_df, training=False)
+    fit_data = encode_corpus(emb, fit_df, training=True, include_prompts=include_prompts)
+    if not eval_data.n_transitions or not fit_data.n_transitions:
+        raise ValueError("no response has two or more tokens: there are no transitions")
+    complexity = eval_df["complexity"].to_numpy() if "complexity" in eval_df.columns else None
+    del eval_df, fit_df
+    log_prior = unigram_log_prior(fit_data, emb.support_mask, model.config.prior_smoothing).to(dev)
+    discrete = {"unigram": UnigramLM().fit(fit_data, emb.support_mask, alpha=0.1),
+                "bigram": KneserNeyBigramLM().fit(fit_data, emb.support_mask, discount=0.75)}
+    fits = fit_continuous(model, in_order(model, fit_data, per_batch=_BATCH))
+    emissions = _fit_emissions(model, fit_data, fits, log_prior)
+    stats, calibration, seq = _score(model, eval_data, fits, emissions, discrete)
 
-    stats: dict[str, dict[str, torch.Tensor]] = {}
-    uni = UnigramLM().fit(fit_seqs, emb.support_mask, alpha=0.1)
-    stats["unigram"] = _discrete_stats(uni, data.v.cpu(), data.v_next.cpu())
-    kn = KneserNeyBigramLM().fit(fit_seqs, emb.support_mask, discount=0.75)
-    stats["bigram"] = _discrete_stats(kn, data.v.cpu(), data.v_next.cpu())
-    sde_z = None
-    for name in ("sde", "brownian", "ar1", "drift_only"):
-        pred = predict_steps(model, data, name, fit)
-        if name == "sde":
-            emission = model.emission
-        else:
-            emission = fit_emission(model, predict_steps(model, fit, name, fit), fit.v_next, log_prior)
-        g = _gaussian_stats(pred, data.x_next)
-        stats[name] = {**_emission_stats(emission, pred, data.v_next), "increment_nll": g["increment_nll"],
-                       "coverage90": g["coverage90"]}
-        if name == "sde":
-            sde_z = g["z"]
-
-    report = {"corpus": str(corpus), "split": split, "fit_corpus": str(fit_src), "n_transitions": len(data),
+    report = {"corpus": str(corpus), "split": split, "fit_corpus": str(fit_src), "n_transitions": len(seq),
               "models": {name: _summary(stats[name]) for name in MODEL_NAMES},
-              "calibration": _calibration(sde_z), "data_credit": DATA_CREDIT}
-    if "complexity" in eval_df.columns:
-        report["by_complexity"] = _by_group(stats, eval_df["complexity"].to_numpy(), data.seq)
+              "calibration": {"levels": list(CALIBRATION_LEVELS), "observed": calibration.tolist()},
+              "data_credit": DATA_CREDIT}
+    if complexity is not None:
+        report["by_complexity"] = _by_group(stats, complexity, seq)
     return report
-
-
-def _calibration(z: torch.Tensor) -> dict[str, list[float]]:
-    """Observed share of dimensions inside the SDE's central intervals, per nominal level."""
-    levels = list(CALIBRATION_LEVELS)
-    observed = [float((z <= float(norm.ppf(0.5 + lv / 2))).double().mean()) for lv in levels]
-    return {"levels": levels, "observed": observed}
 
 
 def _by_group(stats: dict, values: np.ndarray, seq: torch.Tensor) -> dict[str, dict]:

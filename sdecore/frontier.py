@@ -43,7 +43,7 @@ from .embedding import Embedder
 from .limits import MAX_PROMPT_TOKENS, check_int, check_lengths, check_limit, check_scales, check_seed
 from .simulate import simulate_paths
 from .textquality import bleu, distinct_n, mean_relevance, require_text_measures, rouge_l, self_bleu
-from .transitions import encode_rows, training_tokens
+from .tokendata import encode_corpus
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +240,9 @@ def frontier_report(ckpt: Checkpoint, corpus: str | Path, settings: FrontierSett
         log.warning("%d of %d prompts have more than %d tokens; only their last %d are read",
                     n_long, len(prompts), MAX_PROMPT_TOKENS, MAX_PROMPT_TOKENS)
 
-    seqs, firsts = encode_rows(emb, fit_df, training=True, include_prompts=train_cfg.get("include_prompts", True))
-    lm = KneserNeyBigramLM().fit(training_tokens(seqs, firsts), emb.support_mask, discount=BIGRAM_DISCOUNT)
+    fit_data = encode_corpus(emb, fit_df, training=True, include_prompts=train_cfg.get("include_prompts", True))
+    lm = KneserNeyBigramLM().fit(fit_data, emb.support_mask, discount=BIGRAM_DISCOUNT)
+    del fit_df, fit_data  # the bigram holds its counts; the fit corpus is not needed again
     items = _probe_items(emb, eval_df, prompts, st.prefix_tokens, st.cont_tokens)
     if not items:
         log.warning("no validation response has more than %d tokens: BLEU and ROUGE-L are undefined", st.prefix_tokens)

@@ -14,9 +14,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
+import pandas as pd
 import torch
 
+from .embedding import Embedder
+from .limits import MAX_PROMPT_TOKENS
 from .model import TextSDE
+
+_ENCODE_CHUNK = 4096  # rows tokenised per call
 
 
 @dataclass
@@ -41,8 +47,31 @@ class TokenSequences:
         first = torch.tensor(firsts if firsts is not None else [0] * len(seqs), dtype=torch.int64)
         return cls(ids=ids, offsets=offsets, firsts=first)
 
+    @classmethod
+    def from_arrays(cls, parts: list[np.ndarray], firsts: list[int]) -> TokenSequences:
+        lengths = np.fromiter((len(a) for a in parts), dtype=np.int64, count=len(parts))
+        offsets = np.zeros(len(parts) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        ids = np.concatenate(parts).astype(np.int32, copy=False) if parts else np.zeros(0, np.int32)
+        return cls(ids=torch.from_numpy(ids), offsets=torch.from_numpy(offsets),
+                   firsts=torch.tensor(firsts, dtype=torch.int64))
+
     def __len__(self) -> int:
         return self.firsts.numel()
+
+    def sequences(self) -> list[list[int]]:
+        """Each sequence's ids, as lists."""
+        return [self.ids[int(self.offsets[s]):int(self.offsets[s + 1])].tolist() for s in range(len(self))]
+
+    def counted(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The counted part of every sequence, concatenated: ids (T',) int64 and each sequence's
+        length (S,), the flat form the n-gram baselines count from."""
+        starts = self.offsets[:-1] + torch.minimum(self.firsts, self.lengths)
+        lengths = self.offsets[1:] - starts
+        # output position j of sequence s reads ids[starts[s] + j - (where s begins in the output)]
+        shift = starts - (torch.cumsum(lengths, 0) - lengths)
+        flat = torch.repeat_interleave(shift, lengths) + torch.arange(int(lengths.sum()))
+        return self.ids[flat].long(), lengths
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -57,6 +86,19 @@ class TokenSequences:
         """Each sequence's tokens from its first counted position on, as lists."""
         return [self.ids[int(self.offsets[s]) + int(self.firsts[s]):int(self.offsets[s + 1])].tolist()
                 for s in range(len(self))]
+
+    def positions(self, index: torch.Tensor) -> torch.Tensor:
+        """The transitions numbered ``index`` (n,) in sequence order (the order of
+        ``windows(1)``) as width-one windows: (n, 3) int64 rows ``(sequence, k, k + 1)``,
+        found by binary search, without listing every transition."""
+        counted = (self.lengths - 1 - self.firsts).clamp_min(0)
+        ends = torch.cumsum(counted, 0)  # transitions up to and including sequence s
+        index = torch.as_tensor(index, dtype=torch.int64)
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= int(ends[-1])):
+            raise ValueError(f"transition numbers must lie in [0, {int(ends[-1])})")
+        seq = torch.searchsorted(ends, index, right=True)
+        k = self.firsts[seq] + index - (ends[seq] - counted[seq])
+        return torch.stack([seq, k, k + 1], dim=1)
 
     def windows(self, width: int) -> torch.Tensor:
         """Every counted position, in runs of at most ``width`` per sequence: (n, 3) int64 rows
@@ -76,13 +118,16 @@ class TokenSequences:
 
 @dataclass
 class WindowBatch:
-    """The transitions of some windows: x, x_next (n, dim); h (n, K * dim); t (n,); v_next (n,)."""
+    """The transitions of some windows: x, x_next (n, dim); h (n, K * dim); t (n,); the token
+    ids v (current) and v_next (n,), and the sequence each transition comes from, seq (n,)."""
 
     x: torch.Tensor
     h: torch.Tensor
     t: torch.Tensor
     x_next: torch.Tensor
     v_next: torch.Tensor
+    v: torch.Tensor | None = None
+    seq: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -120,9 +165,19 @@ def window_batch(model: TextSDE, data: TokenSequences, windows: torch.Tensor) ->
     xs, h = model.window_states(prefix_ids.to(**move), prefix_lag.to(**move), bag_offsets.to(**move), window_ids)
     keep = (i[None, :width] < (k1 - k0)[:, None]).to(device)  # (w, width): the counted positions
     x, x_next = xs[:, :-1][keep], xs[:, 1:][keep]
-    v_next = window_ids[:, 1:][keep]
+    v, v_next = window_ids[:, :-1][keep], window_ids[:, 1:][keep]
     t = ((k0[:, None] + i[None, :width]).to(device)[keep] * model.config.dt).to(x.dtype)
-    return WindowBatch(x=x, h=h[keep], t=t, x_next=x_next, v_next=v_next)
+    return WindowBatch(x=x, h=h[keep], t=t, x_next=x_next, v_next=v_next, v=v,
+                       seq=seq.to(device)[:, None].expand(-1, width)[keep])
+
+
+def in_order(model: TextSDE, data: TokenSequences, *, width: int = 32, per_batch: int = 1024
+             ) -> Iterator[WindowBatch]:
+    """Every transition of ``data`` once, in sequence order, in batches of about
+    ``per_batch`` transitions made of windows of ``width`` (wider windows share the memory's
+    prefix among more positions; the values do not depend on the width)."""
+    for windows in batches(data.windows(width), max(1, per_batch // width)):
+        yield window_batch(model, data, windows)
 
 
 def batches(windows: torch.Tensor, per_batch: int, *, generator: torch.Generator | None = None,
@@ -139,3 +194,30 @@ def batches(windows: torch.Tensor, per_batch: int, *, generator: torch.Generator
         groups = groups[rank:usable:world]
     for g in groups:
         yield windows[g]
+
+
+def encode_corpus(embedder: Embedder, df: pd.DataFrame, *, training: bool, include_prompts: bool = False
+                  ) -> TokenSequences:
+    """Token sequences ``prompt + response`` of each row of ``df`` (the prompt cut to its last
+    MAX_PROMPT_TOKENS tokens, as in generation), with each sequence's first counted position:
+    for ``training``, the prompt's last token (so the prompt-to-response step counts), else the
+    response's first token (pairs inside the response only). Row i is sequence i; with
+    ``training`` and ``include_prompts`` each distinct prompt follows as a sequence of its own,
+    counted whole. Tokenised in batches straight into the flat layout (docs/design.md §2.5)."""
+    prompts = list(dict.fromkeys(df["prompt"]))
+    prompt_ids = {}
+    for start in range(0, len(prompts), _ENCODE_CHUNK):
+        chunk = prompts[start:start + _ENCODE_CHUNK]
+        prompt_ids.update(zip(chunk, (a[-MAX_PROMPT_TOKENS:] for a in embedder.encode_batch(chunk))))
+    parts: list[np.ndarray] = []
+    firsts: list[int] = []
+    for start in range(0, len(df), _ENCODE_CHUNK):
+        rows = df.iloc[start:start + _ENCODE_CHUNK]
+        for prompt, response in zip(rows["prompt"], embedder.encode_batch(rows["response"].tolist())):
+            p = prompt_ids[prompt]
+            parts.append(np.concatenate([p, response]))
+            firsts.append(max(len(p) - 1, 0) if training else len(p))
+    if training and include_prompts:
+        parts.extend(prompt_ids.values())
+        firsts.extend([0] * len(prompt_ids))
+    return TokenSequences.from_arrays(parts, firsts)

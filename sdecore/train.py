@@ -28,8 +28,7 @@ from .embedding import Embedder
 from .metrics import perplexity
 from .model import TextSDE
 from .runtime import Dist, init_distributed, resolve_device, shutdown_distributed
-from .tokendata import TokenSequences, WindowBatch, batches, window_batch
-from .transitions import encode_rows, training_tokens
+from .tokendata import TokenSequences, WindowBatch, batches, encode_corpus, in_order, window_batch
 
 log = logging.getLogger(__name__)
 LOSS_NAMES = ("drift", "diffusion", "ce", "total")
@@ -43,10 +42,11 @@ def weighted_loss(parts: dict[str, torch.Tensor], cfg: TrainConfig) -> torch.Ten
                              ce_weight=cfg.ce_weight)
 
 
-def _in_order(model: TextSDE, data: TokenSequences, cfg: TrainConfig) -> Iterator[WindowBatch]:
-    """Every transition of ``data`` once, in sequence order, in batches of about _EVAL_BATCH."""
-    for windows in batches(data.windows(cfg.window), max(1, _EVAL_BATCH // cfg.window)):
-        yield window_batch(model, data, windows)
+def _in_order(model: TextSDE, data: TokenSequences) -> Iterator[WindowBatch]:
+    """Every transition of ``data`` once, in sequence order, in batches of about _EVAL_BATCH
+    (in wide windows whatever the training window: the values are the same, and a wide
+    window reads each prefix once for many positions)."""
+    return in_order(model, data, per_batch=_EVAL_BATCH)
 
 
 @torch.no_grad()
@@ -57,7 +57,7 @@ def evaluate_losses(model: TextSDE, data: TokenSequences, cfg: TrainConfig) -> d
     model.eval()
     sums = dict.fromkeys(("drift", "diffusion", "ce"), 0.0)
     n = 0
-    for batch in _in_order(model, data, cfg):
+    for batch in _in_order(model, data):
         parts = model(*batch.as_tuple())
         for k in sums:
             sums[k] += float(parts[k]) * len(batch)
@@ -79,12 +79,12 @@ def reference_losses(model: TextSDE, train: TokenSequences, val: TokenSequences,
     dt = model.config.dt
     sq = torch.zeros(model.dim, dtype=torch.float64, device=model.emb_mean.device)
     n_train = 0
-    for b in _in_order(model, train, cfg):
+    for b in _in_order(model, train):
         sq += (b.x_next - b.x - model.drift(b.x, b.h, b.t) * dt).pow(2).sum(0).double()
         n_train += len(b)
     sigma_c = (sq / n_train / dt).sqrt().float()
     zero, const, n = 0.0, 0.0, 0
-    for b in _in_order(model, val, cfg):
+    for b in _in_order(model, val):
         mu = model.drift(b.x, b.h, b.t)
         zero += float(losses.drift_loss(b.x, b.x_next, torch.zeros_like(mu), dt)) * len(b)
         const += float(losses.diffusion_loss(b.x, b.x_next, mu, sigma_c, dt)) * len(b)
@@ -187,18 +187,15 @@ def _train(corpus, out: Path, mcfg: ModelConfig, tcfg: TrainConfig, *, dev: torc
     embedder = Embedder.from_name(mcfg.embedder)
     mcfg.dim = embedder.dim
     torch.manual_seed(tcfg.seed)
-    train_seqs, train_firsts = encode_rows(embedder, split.train, training=True, include_prompts=tcfg.include_prompts)
-    val_seqs, val_firsts = encode_rows(embedder, split.validation, training=False)
-    train_tokens = training_tokens(train_seqs, train_firsts)
-    log_prior = unigram_log_prior(train_tokens, embedder.support_mask, mcfg.prior_smoothing)
-    model = TextSDE(mcfg, embedder, log_prior)
     # Token ids only: states and memory are built per batch on the device (tokendata).
-    train_data = TokenSequences.from_lists(train_seqs, train_firsts)
-    val_data = TokenSequences.from_lists(val_seqs, val_firsts)
+    train_data = encode_corpus(embedder, split.train, training=True, include_prompts=tcfg.include_prompts)
+    val_data = encode_corpus(embedder, split.validation, training=False)
+    log_prior = unigram_log_prior(train_data, embedder.support_mask, mcfg.prior_smoothing)
+    model = TextSDE(mcfg, embedder, log_prior)
     prompt_counts = {"train_prompts": int(split.train["prompt"].nunique()),
                      "val_prompts": int(split.validation["prompt"].nunique())}
     map_prompts = list(dict.fromkeys(split.train["prompt"]))[:16]  # all the reference map reads
-    del df, split, train_seqs, val_seqs, train_tokens  # from here on the corpus is token ids only
+    del df, split  # from here on the corpus is token ids only
     if not train_data.n_transitions or not val_data.n_transitions:
         raise ValueError("no response has two or more tokens: there are no transitions")
     model.to(dev)

@@ -16,8 +16,8 @@ import pandas as pd
 import torch
 
 from .embedding import Embedder
-from .limits import MAX_PROMPT_TOKENS
 from .model import TextSDE
+from .tokendata import encode_corpus
 
 _CHUNK = 64  # sequences whose memory is computed together
 
@@ -52,21 +52,11 @@ class Transitions:
 
 def encode_rows(embedder: Embedder, df: pd.DataFrame, training: bool,
                 include_prompts: bool = False) -> tuple[list[list[int]], list[int]]:
-    """Token sequences ``prompt + response`` of each row (the prompt cut to its last
-    MAX_PROMPT_TOKENS tokens, as in generation) and, per sequence, the first position k
-    whose pair (k, k+1) counts. Row i of ``df`` is sequence i; with ``training`` and
-    ``include_prompts``, each distinct prompt follows as a sequence of its own."""
-    prompt_ids = {p: embedder.encode(p)[-MAX_PROMPT_TOKENS:] for p in dict.fromkeys(df["prompt"])}
-    seqs, firsts = [], []
-    for prompt, response in zip(df["prompt"], df["response"]):
-        p = prompt_ids[prompt]
-        seqs.append(p + embedder.encode(response))
-        firsts.append(max(len(p) - 1, 0) if training else len(p))
-    if training and include_prompts:
-        for p in prompt_ids.values():
-            seqs.append(p)
-            firsts.append(0)
-    return seqs, firsts
+    """:func:`sdecore.tokendata.encode_corpus` as Python lists: the token sequences
+    ``prompt + response`` of each row and, per sequence, the first position k whose pair
+    (k, k+1) counts."""
+    data = encode_corpus(embedder, df, training=training, include_prompts=include_prompts)
+    return data.sequences(), data.firsts.tolist()
 
 
 def training_tokens(seqs: list[list[int]], firsts: list[int]) -> list[list[int]]:

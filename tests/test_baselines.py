@@ -186,6 +186,27 @@ def test_top1_top10_on_a_small_example() -> None:
     assert _metrics(rows, targets)["nll"] == math.inf
 
 
+def test_row_stats_normalise_logits_themselves() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 30, generator=g, dtype=torch.float64) * 3
+    logits[:, 7] = -math.inf  # a masked token, as the emission's support mask gives
+    targets = torch.tensor([0, 4, 29, 11, 2])
+    shifted = logits + torch.arange(5, dtype=torch.float64)[:, None] * 50  # a constant per row changes nothing
+    got = row_stats(shifted, targets, normalised=False)
+    want = row_stats(torch.log_softmax(logits, dim=1), targets)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-12, atol=1e-12)
+    assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
+    # targets that share a row read it through row_of, as if the row were repeated
+    row_of = torch.tensor([2, 0, 2, 4])
+    tg = torch.tensor([3, 3, 29, 0])
+    shared = row_stats(logits, tg, normalised=False, row_of=row_of)
+    repeated = row_stats(logits[row_of], tg, normalised=False)
+    for a, b in zip(shared, repeated):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="row_of"):
+        row_stats(logits, tg, row_of=torch.tensor([0, 1, 2, 5]))
+
+
 def test_metrics_reject_bad_input(bigram: KneserNeyBigramLM) -> None:
     with pytest.raises(ValueError, match="rows must be"):
         row_stats(torch.zeros(3, VOCAB), torch.zeros(2, dtype=torch.long))

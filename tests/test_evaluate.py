@@ -9,8 +9,8 @@ import torch
 from conftest import TINY_CORPUS
 
 from sdecore.cli import main
-from sdecore.evaluate import MODEL_NAMES, _fit_ar1, evaluate_checkpoint, predict_steps
-from sdecore.transitions import Transitions
+from sdecore.evaluate import MODEL_NAMES, GaussianStep, evaluate_checkpoint, fit_continuous, predict_step
+from sdecore.tokendata import WindowBatch
 
 
 @pytest.fixture(scope="module")
@@ -55,17 +55,33 @@ def test_brownian_and_ar1_predictions_have_the_closed_form(tiny_model):
     a_true = 0.5 * torch.eye(d)
     x_next = x @ a_true + 0.3 + 0.1 * torch.randn(n, d)
     zeros = torch.zeros(n, dtype=torch.long)
-    data = Transitions(x=x, h=torch.zeros(n, tiny_model.model.config.memory_dim), t=torch.zeros(n), x_next=x_next,
-                       v=zeros, v_next=zeros, seq=zeros)
-    a, b = _fit_ar1(x, x_next)
-    assert torch.allclose(a, a_true, atol=0.03) and torch.allclose(b, torch.full((d,), 0.3), atol=0.03)
-    ar1 = predict_steps(tiny_model.model, data, "ar1", data)
+    data = WindowBatch(x=x, h=torch.zeros(n, tiny_model.model.config.memory_dim), t=torch.zeros(n), x_next=x_next,
+                       v_next=zeros, v=zeros)
+    # fitted from running sums over batches: the same as one batch of everything
+    fits = fit_continuous(tiny_model.model, [WindowBatch(*(a[i:i + 999] for a in data.as_tuple()))
+                                             for i in range(0, n, 999)])
+    whole = fit_continuous(tiny_model.model, [data])
+    for f in ("brownian_var", "ar1_a", "ar1_b", "ar1_var", "drift_var"):
+        torch.testing.assert_close(getattr(fits, f), getattr(whole, f), rtol=1e-5, atol=1e-6)
+    assert torch.allclose(fits.ar1_a, a_true, atol=0.03)
+    assert torch.allclose(fits.ar1_b, torch.full((d,), 0.3), atol=0.03)
+    ar1 = predict_step(tiny_model.model, data, "ar1", fits)
     # in-sample residual variance: sigma^2 (n - p) / n with p = d + 1 fitted coefficients
     expected = 0.01 * (n - d - 1) / n
     assert abs(float(ar1.var.mean()) / expected - 1) < 0.02  # per dimension the estimate's own noise is ~2%
     assert torch.allclose(ar1.var, torch.full((d,), expected), rtol=0.15)
-    br = predict_steps(tiny_model.model, data, "brownian", data)
+    # ... and it is the variance of the residuals themselves
+    torch.testing.assert_close(ar1.var, (x_next - ar1.mean).pow(2).mean(0), rtol=1e-3, atol=1e-6)
+    br = predict_step(tiny_model.model, data, "brownian", fits)
     assert torch.equal(br.mean, x) and torch.allclose(br.var, (x_next - x).pow(2).mean(0))
+
+
+def test_a_prediction_by_token_has_one_row_per_token():
+    mean = torch.arange(12.0).reshape(6, 2)
+    v = torch.tensor([7, 3, 7, 9, 3, 7])
+    mean[2], mean[5], mean[4] = mean[0], mean[0], mean[1]  # the same token, the same prediction
+    step = GaussianStep(mean, torch.ones(2)).by_token(v)
+    assert step.mean.shape == (3, 2) and torch.equal(step.per_transition().mean, mean)
 
 
 def test_cli_json_and_save(tiny_ckpt, capsys, tmp_path):

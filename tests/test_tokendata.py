@@ -75,3 +75,35 @@ def test_counted_tokens_are_the_training_tokens(setup):
 
     _, seqs, firsts = setup
     assert TokenSequences.from_lists(seqs, firsts).counted_tokens() == training_tokens(seqs, firsts)
+
+
+def test_positions_and_the_counted_ids_read_the_flat_layout(setup):
+    _, seqs, firsts = setup
+    data = TokenSequences.from_lists(seqs, firsts)
+    every = data.windows(1)
+    idx = torch.randint(0, data.n_transitions, (300,), generator=torch.Generator().manual_seed(4))
+    assert torch.equal(data.positions(idx), every[idx])
+    assert torch.equal(data.positions(torch.arange(data.n_transitions)), every)
+    with pytest.raises(ValueError, match="transition numbers"):
+        data.positions(torch.tensor([data.n_transitions]))
+    ids, lengths = data.counted()
+    counted = data.counted_tokens()
+    assert lengths.tolist() == [len(c) for c in counted] and ids.tolist() == [v for c in counted for v in c]
+
+
+def test_encoding_a_corpus_tokenises_each_row_as_encode_does(embedder):
+    import pandas as pd
+
+    from sdecore.limits import MAX_PROMPT_TOKENS
+    from sdecore.tokendata import encode_corpus
+
+    long_prompt = "word " * (MAX_PROMPT_TOKENS + 20)
+    df = pd.DataFrame({"prompt": ["Why is the sky blue?", long_prompt, "Why is the sky blue?"],
+                       "response": ["Light scatters [SEP] off air.", "Fine.", "Because of Rayleigh scattering."]})
+    data = encode_corpus(embedder, df, training=True, include_prompts=True)
+    prompts = [embedder.encode(p)[-MAX_PROMPT_TOKENS:] for p in df["prompt"]]
+    want = [p + embedder.encode(r) for p, r in zip(prompts, df["response"])] + [prompts[0], prompts[1]]
+    assert data.sequences() == want  # special tokens in the text are dropped, as encode drops them
+    assert data.firsts.tolist() == [len(p) - 1 for p in prompts] + [0, 0]
+    val = encode_corpus(embedder, df, training=False)
+    assert len(val) == 3 and val.firsts.tolist() == [len(p) for p in prompts]
