@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
     t.add_argument("--map", choices=limits.MAP_KINDS, default="none",
                    help="reference map to fit for the dashboard (umap: about a minute more)")
+    t.add_argument("--precision", choices=limits.PRECISIONS, default=TrainConfig.precision,
+                   help="bf16: the nets' forward pass under bfloat16 autocast (for GPUs with bfloat16 units)")
     t.add_argument("--no-report", action="store_true",
                    help="skip the held-out evaluation that follows training (report.json)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -140,7 +142,8 @@ def _cmd_train(a) -> int:
     from .config import ModelConfig, TrainConfig
     from .train import train_model
 
-    tcfg = TrainConfig(epochs=a.epochs, max_rows=a.max_rows, seed=a.seed, map=a.map, batch_size=a.batch_size)
+    tcfg = TrainConfig(epochs=a.epochs, max_rows=a.max_rows, seed=a.seed, map=a.map, batch_size=a.batch_size,
+                       precision=a.precision)
     history = train_model(a.corpus, a.out, ModelConfig(), tcfg, device=a.device, resume=a.resume,
                           overwrite=a.overwrite, progress=not a.no_progress)
     if not _is_main_process():

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-from .limits import MAP_KINDS, check_choice, check_int, check_seed
+from .limits import MAP_KINDS, PRECISIONS, check_choice, check_int, check_seed
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"  # its tokenizer and input embeddings, shipped offline
 FORMAT_VERSION = 1
@@ -97,6 +97,9 @@ class TrainConfig:
     seed: int = 0
     grad_clip: float = 5.0
     map: str = "none"  # reference map fitted after training: none, pca or umap
+    # fp32, or bf16: the drift and diffusion nets' forward pass under bfloat16 autocast (for GPUs
+    # with bfloat16 units; the emission and every loss stay float32; docs/design.md §2.5)
+    precision: str = "fp32"
 
     def validate(self) -> TrainConfig:
         """The settings checked with :mod:`sdecore.limits` (``ValueError`` naming the flag)."""
@@ -106,6 +109,7 @@ class TrainConfig:
         self.batch_size = check_int(self.batch_size, "--batch-size", 1)
         self.window = check_int(self.window, "window", 1)
         self.map = check_choice(self.map, MAP_KINDS, "--map")
+        self.precision = check_choice(self.precision, PRECISIONS, "--precision")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
         if not 0 < self.ce_fraction <= 1:

@@ -33,7 +33,7 @@ def load_corpus(src: str | Path, max_rows: int | None = None) -> pd.DataFrame:
     if path.suffix.lower() in LOCAL_SUFFIXES or path.exists():
         df = _read_local(path)
     elif src_str.count("/") == 1 and not src_str.startswith((".", "/", "~")):
-        df = _read_hub(src_str)
+        df = _read_hub(src_str, max_rows)
     else:
         raise FileNotFoundError(f"corpus {src_str!r} not found: give a local {'/'.join(LOCAL_SUFFIXES)} file "
                                 "or a Hugging Face dataset name such as nvidia/HelpSteer")
@@ -42,15 +42,21 @@ def load_corpus(src: str | Path, max_rows: int | None = None) -> pd.DataFrame:
         found = ", ".join(map(str, df.columns))
         raise ValueError(f"corpus {src_str!r} lacks column(s) {', '.join(missing)}; it needs "
                          f"{', '.join(REQUIRED_COLUMNS)} (HelpSteer's columns); found: {found}")
-    df = df.dropna(subset=list(REQUIRED_COLUMNS))
-    df = df[df["response"].astype(str).str.strip() != ""]
-    df["prompt"] = df["prompt"].astype(str)
-    df["response"] = df["response"].astype(str)
+    df = _usable(df)
     if max_rows is not None:
         df = df.iloc[:max_rows]
     if df.empty:
         raise ValueError(f"corpus {src_str!r} has no rows with a non-empty response")
     return df.reset_index(drop=True)
+
+
+def _usable(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows with a prompt and a non-empty response, both as strings."""
+    df = df.dropna(subset=list(REQUIRED_COLUMNS))
+    df = df[df["response"].astype(str).str.strip() != ""].copy()
+    df["prompt"] = df["prompt"].astype(str)
+    df["response"] = df["response"].astype(str)
+    return df
 
 
 def _read_local(path: Path) -> pd.DataFrame:
@@ -75,7 +81,10 @@ def _read_local(path: Path) -> pd.DataFrame:
     raise ValueError(f"corpus {path} has unsupported type {suffix!r}; use {', '.join(LOCAL_SUFFIXES)}")
 
 
-def _read_hub(name: str) -> pd.DataFrame:
+def _read_hub(name: str, max_rows: int | None = None) -> pd.DataFrame:
+    """A Hugging Face dataset's train split. ``datasets`` keeps it as a memory-mapped Arrow table
+    in its cache (downloaded once); only HelpSteer's columns, and with ``max_rows`` only the
+    first rows that are needed, are read out of it into memory."""
     from .extras import require
 
     datasets = require("datasets", f"loading the Hugging Face dataset {name!r}")
@@ -84,7 +93,18 @@ def _read_hub(name: str) -> pd.DataFrame:
     except Exception as exc:  # offline, unknown name, ...
         raise FileNotFoundError(f"cannot load Hugging Face dataset {name!r} ({type(exc).__name__}); "
                                 "check the name and the network, or pass a local file") from exc
-    return ds.to_pandas()
+    ds = ds.select_columns([c for c in ds.column_names if c in REQUIRED_COLUMNS + SCORE_COLUMNS])
+    if max_rows is None:
+        return ds.to_pandas()
+    if not set(REQUIRED_COLUMNS) <= set(ds.column_names):
+        return ds.select(range(min(max_rows, len(ds)))).to_pandas()  # load_corpus names what is missing
+    frames, usable, start = [], 0, 0
+    while start < len(ds) and usable < max_rows:  # rows with an empty response do not count
+        part = ds.select(range(start, min(start + max_rows, len(ds)))).to_pandas()
+        frames.append(part)
+        usable += len(_usable(part))
+        start += max_rows
+    return pd.concat(frames, ignore_index=True)
 
 
 def _prompt_hash(prompt: str) -> float:

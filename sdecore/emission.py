@@ -48,8 +48,14 @@ class GaussianEmission(nn.Module):
         (and the Gaussian's normaliser, equal for every v) cancels in the softmax. Everything
         that does not depend on the row (the prior, the support mask, and the quadratic when
         ``var`` is shared) is one bias of shape (vocab,), added inside the product (``addmm``),
-        so a (batch, vocab) tensor is written once, or twice with a per-row ``var``.
+        so a (batch, vocab) tensor is written once, or twice with a per-row ``var``. Always
+        float32, also under autocast: the terms are tens of nats each and cancel to the logits,
+        beyond bfloat16's eight-bit mantissa.
         """
+        with torch.autocast(mean.device.type, enabled=False):
+            return self._logits(mean.float(), var.float())
+
+    def _logits(self, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
         inv = 1.0 / var
         bias = torch.where(self.support_mask, self.prior_weight * self.log_prior, float("-inf"))
         if inv.ndim == 1:

@@ -21,6 +21,7 @@ LIMITS: dict[str, tuple[float, float]] = {
 }
 SOLVERS = ("em", "euler", "milstein", "srk")
 MAP_KINDS = ("none", "pca", "umap")  # the reference map a training run fits
+PRECISIONS = ("fp32", "bf16")  # training's forward pass: float32, or bfloat16 autocast (docs/design.md §2.5)
 DEVICES = ("auto", "cpu", "cuda")  # and cuda:N
 
 

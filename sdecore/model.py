@@ -63,6 +63,10 @@ class TextSDE(nn.Module):
         self.register_buffer("cloud_radius", radius, persistent=False)
         rates = torch.tensor([config.dt / tau for tau in config.memory_timescales])
         self.register_buffer("memory_rates", rates, persistent=False)
+        # the memory's weights r a^lag per time scale, up to each scale's reach (window_states)
+        lags = torch.arange(max(self.memory_reach()), dtype=torch.float64)
+        r64 = rates.double()[:, None]
+        self.register_buffer("memory_weights", (r64 * (1 - r64).pow(lags)).float(), persistent=False)
         self.emission = GaussianEmission(table, support, log_prior, config.tau_init)
 
         n_in = config.dim + config.memory_dim + 1
@@ -102,12 +106,12 @@ class TextSDE(nn.Module):
         return F.softplus(self.reversion)
 
     def drift(self, x: torch.Tensor, h: torch.Tensor, t) -> torch.Tensor:
-        """mu(x, h, t) = m(z) - gamma * x: (batch, dim)."""
-        return self.drift_net(self._features(x, h, t)) - self.gamma * x
+        """mu(x, h, t) = m(z) - gamma * x: (batch, dim), float32 (also under bf16 autocast)."""
+        return self.drift_net(self._features(x, h, t)).float() - self.gamma * x
 
     def sigma(self, x: torch.Tensor, h: torch.Tensor, t) -> torch.Tensor:
-        """sigma(x, h, t) > 0: (batch, dim), before the diffusion scale."""
-        return F.softplus(self.diffusion_net(self._features(x, h, t))) + self.config.sigma_min
+        """sigma(x, h, t) > 0: (batch, dim), before the diffusion scale; float32."""
+        return F.softplus(self.diffusion_net(self._features(x, h, t)).float()) + self.config.sigma_min
 
     def memory_rate(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """dh/dt = (x - h_j) / tau_j for every time scale j: (batch, K * dim)."""
@@ -174,11 +178,11 @@ class TextSDE(nn.Module):
         rate = self.memory_rates.to(dev, dtype)  # (K,)
         decay = 1.0 - rate
         n_k, w = rate.numel(), window_ids.shape[0]
-        # which scale each prefix entry belongs to: bags are laid out scale-major
+        # each entry's weight r a^lag, read from the table of its bag's scale (bags are scale-major)
         sizes = torch.diff(bag_offsets, append=bag_offsets.new_tensor([prefix_ids.numel()]))
-        scale = torch.repeat_interleave(torch.arange(n_k, device=dev).repeat_interleave(w), sizes,
-                                        output_size=prefix_ids.numel())
-        weights = rate[scale] * decay[scale].pow(prefix_lag.to(dtype))
+        row = torch.arange(n_k, device=dev).repeat_interleave(w) * self.memory_weights.shape[1]
+        weights = self.memory_weights.reshape(-1)[
+            torch.repeat_interleave(row, sizes, output_size=prefix_ids.numel()) + prefix_lag]
         h0 = F.embedding_bag(prefix_ids, table, bag_offsets, mode="sum", per_sample_weights=weights)
         h0 = h0.reshape(n_k, w, -1).transpose(0, 1)  # (w, K, dim)
         # the window's states, and inside it h_{k0+i} = a^i h_{k0} + sum_{m<i} r a^(i-1-m) x_{k0+m}

@@ -150,10 +150,12 @@ def window_batch(model: TextSDE, data: TokenSequences, windows: torch.Tensor) ->
     sizes = torch.minimum(k0[None, :], reach[:, None]).reshape(-1)  # (K * w,)
     n_prefix = int(sizes.sum())
     bag_offsets = torch.cumsum(sizes, 0) - sizes
-    owner = torch.arange(len(windows)).repeat(len(reach))  # the window of each bag
-    bag = torch.repeat_interleave(torch.arange(sizes.numel()), sizes, output_size=n_prefix)
-    prefix_lag = torch.arange(n_prefix) - bag_offsets[bag]  # 0 for the token just before k0
-    prefix_ids = data.ids[start[owner[bag]] + k0[owner[bag]] - 1 - prefix_lag].long()
+    # entry j of bag b is the position (start + k0 - 1) - (j - bag_offsets[b]) of the bag's window:
+    # two repeat_interleaves of per-bag numbers, no gathers of per-entry ones
+    last = (start + k0 - 1).repeat(len(reach))  # the position just before each bag's window
+    j = torch.arange(n_prefix)
+    prefix_lag = j - torch.repeat_interleave(bag_offsets, sizes, output_size=n_prefix)  # 0 just before k0
+    prefix_ids = data.ids[torch.repeat_interleave(last + bag_offsets, sizes, output_size=n_prefix) - j].long()
     # the windows' own positions k0 .. k0 + width, cut at each sequence's last token
     i = torch.arange(width + 1)
     at = torch.minimum(k0[:, None] + i[None, :], k1[:, None])  # (w, width + 1); k1 is a real position

@@ -78,3 +78,25 @@ def test_the_shared_helpsteer_rows_load_and_split_by_prompt():
     val = split.validation["prompt"].nunique()
     assert not set(split.train["prompt"]) & set(split.validation["prompt"])
     assert 10 <= val <= 35  # about a fifth of the prompts
+
+
+def test_a_hub_dataset_is_read_from_its_arrow_table_up_to_max_rows(monkeypatch):
+    """A dataset name goes through datasets.load_dataset (here a real in-memory Dataset in
+    place of the download): HelpSteer's columns only, and with --max-rows only the rows needed,
+    an empty response not counting."""
+    datasets = pytest.importorskip("datasets", reason="the hub extra (datasets) is not installed")
+    rows = {"prompt": [f"question {i // 2}" for i in range(10)],
+            "response": ["", *[f"answer {i}" for i in range(1, 10)]],
+            "complexity": list(range(10)), "extra_column": ["x"] * 10}
+    calls = []
+
+    def fake_load(name, split):
+        calls.append((name, split))
+        return datasets.Dataset.from_dict(rows)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    df = load_corpus("someone/helpful", max_rows=3)
+    assert calls == [("someone/helpful", "train")]
+    assert df["response"].tolist() == ["answer 1", "answer 2", "answer 3"]
+    assert set(df.columns) == {"prompt", "response", "complexity"}
+    assert len(load_corpus("someone/helpful")) == 9
