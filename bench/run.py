@@ -2,10 +2,12 @@
 
     python -m bench [--quick] [--scale] [--model DIR] [--device cpu|cuda|auto]
 
-Comparisons are ratios measured in the same run: the engine's ``em`` loop against
-torchsde's ``euler`` and ``srk`` on the same Brownian path, a ``BrownianInterval`` with
-``dt`` set against one without, and (without ``--quick``) the map's regressor transform
-against ``umap.UMAP.transform``. ``--quick`` finishes within three minutes on a 2-core CPU.
+Comparisons are ratios measured in the same run: the sampler's and the training step's matrix
+products against a plain matmul of the decode's shape (``gemm_gflops``; :mod:`bench.sampling`),
+the engine's ``em`` loop against torchsde's ``euler`` and ``milstein`` on the same Brownian path,
+a ``BrownianInterval`` with ``dt`` set against one without, and (without ``--quick``) the map's
+regressor transform against ``umap.UMAP.transform``. ``big_request`` is a 4,096-path request
+through the command line, with its peak memory. ``--quick`` finishes within three minutes on a 2-core CPU.
 ``--scale`` adds the training-at-scale rows of :mod:`bench.scale` (about four minutes more):
 peak memory of ``sdecore train`` on 1x and 8x the corpus, and the on-the-fly training data
 path's throughput against the precomputed table's.
@@ -29,33 +31,12 @@ configure_threads()  # before torch is imported: docs/design.md §6.3
 import torch  # noqa: E402
 import torchsde  # noqa: E402
 
-PROMPT = "How can I improve my sleep?"
-
 
 def _time(fn, repeat: int = 3) -> float:
     """Best wall time of ``repeat`` calls (after one warm-up), seconds."""
-    fn()
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    from bench.sampling import best_time
 
-
-def bench_solvers(ckpt, paths: int, tokens: int, repeat: int) -> dict:
-    from sdecore import simulate_paths
-
-    out = {"paths": paths, "tokens": tokens}
-    for solver in ("em", "euler", "srk"):
-        out[f"{solver}_s"] = _time(lambda s=solver: simulate_paths(ckpt.model, ckpt.embedder, PROMPT, paths=paths,
-                                                                    tokens=tokens, solver=s, seed=0), repeat)
-    out["euler_over_em"] = out["euler_s"] / out["em_s"]
-    out["srk_over_euler"] = out["srk_s"] / out["euler_s"]
-    out["tokens_per_s_em"] = paths * tokens / out["em_s"]
-    return out
+    return best_time(fn, torch.device("cuda" if torch.cuda.is_available() else "cpu"), repeat, min_s=0.0)
 
 
 def bench_brownian(paths: int, dim: int, steps: int) -> dict:
@@ -69,7 +50,13 @@ def bench_brownian(paths: int, dim: int, steps: int) -> dict:
     return {"steps": steps, "with_dt_s": with_dt, "without_dt_s": without, "without_over_with": without / with_dt}
 
 
-def bench_training(ckpt, batch: int, repeat: int) -> dict:
+def bench_training(ckpt, batch: int, repeat: int, device: torch.device) -> dict:
+    """One optimisation step's forward and backward at ``batch`` transitions (cross-entropy on
+    every row), its rate and its matrix products' share of the matmul rate at the decode's
+    shape with ``batch`` rows (FLOPs counted by ``FlopCounterMode``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bench.sampling import best_time, gemm_gflops
     from sdecore.config import TrainConfig
     from sdecore.train import weighted_loss
 
@@ -86,9 +73,14 @@ def bench_training(ckpt, batch: int, repeat: int) -> dict:
         model.zero_grad()
         weighted_loss(model(x, h, t, x, v), cfg).backward()
 
-    s = _time(step, repeat)
+    with FlopCounterMode(display=False) as fc:
+        step()
+    s = best_time(step, device, repeat, min_s=0.0)
     model.eval()
-    return {"batch": batch, "step_s": s, "transitions_per_s": batch / s}
+    vocab = model.emission.table.shape[0]
+    return {"batch": batch, "step_s": round(s, 4), "transitions_per_s": round(batch / s, 1),
+            "gflop_per_step": round(fc.get_total_flops() / 1e9, 2),
+            "roofline_fraction": round(fc.get_total_flops() / s / 1e9 / gemm_gflops(batch, dim, vocab, device), 3)}
 
 
 def bench_load(model_dir) -> dict:
@@ -133,9 +125,14 @@ def main(argv=None) -> None:
     result["load"] = bench_load(a.model)
     ckpt = load_checkpoint(a.model, device=dev)
     q = a.quick
-    result["solvers"] = bench_solvers(ckpt, paths=16 if q else 64, tokens=16 if q else 64, repeat=1 if q else 3)
+    from bench import sampling
+
+    batches = [1, 16, 128, 1024] + ([] if q else [4096])
+    result["gemm_gflops"], result["sampling"] = sampling.bench_sampling(ckpt, batches, steps=8 if q else 16,
+                                                                        repeat=1 if q else 3, device=dev)
+    result["big_request"] = sampling.bench_big_request(device=str(dev))
     result["brownian"] = bench_brownian(paths=16, dim=ckpt.model.config.state_dim, steps=32 if q else 128)
-    result["training"] = bench_training(ckpt, batch=256 if q else 512, repeat=2 if q else 5)
+    result["training"] = bench_training(ckpt, batch=256 if q else 512, repeat=2 if q else 5, device=dev)
     if not q:
         result["map"] = bench_map(ckpt, n=2000)
     if a.scale:

@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="0 decodes the most likely token; above 0 samples from the emission")
     s.add_argument("--no-snap", action="store_true", help="keep the continuous path (no snapping to tokens)")
     s.add_argument("--format", choices=["text", "json"], default="text")
+    s.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (it shows on a terminal for runs longer than two seconds)")
 
     e = sub.add_parser("evaluate", parents=[common], help="held-out metrics of the SDE against baselines")
     e.add_argument("--corpus", **corpus)
@@ -169,7 +171,7 @@ def _cmd_sample(a) -> int:
     ckpt = load_checkpoint(a.model, device=_device(a))
     res = simulate_paths(ckpt.model, ckpt.embedder, a.prompt, paths=a.paths, tokens=a.tokens,
                          diffusion_scale=a.diffusion_scale, solver=a.solver, substeps=a.substeps, seed=a.seed,
-                         snap=not a.no_snap, temperature=a.temperature)
+                         snap=not a.no_snap, temperature=a.temperature, progress=not a.no_progress)
     paths = path_texts(ckpt.embedder, res)
     if a.format == "json":
         print(json.dumps({"prompt": a.prompt, "diffusion_scale": a.diffusion_scale, "seed": a.seed,

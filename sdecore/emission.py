@@ -18,6 +18,8 @@ import math
 import torch
 from torch import nn
 
+DECODE_BLOCK = 512  # rows decoded at a time: a (512, 30,522) float32 block of logits is 62 MB
+
 
 class GaussianEmission(nn.Module):
     """Emission over a standardised embedding table ``(vocab, dim)``."""
@@ -34,6 +36,7 @@ class GaussianEmission(nn.Module):
         self.register_buffer("log_prior", log_prior.to(torch.float32).clone())
         self.log_tau = nn.Parameter(torch.full((dim,), math.log(tau_init)))
         self.prior_weight = nn.Parameter(torch.tensor(1.0))
+        self._state_cache: tuple | None = None  # (parameter versions, 1 / tau^2, bias): state_logits
 
     @property
     def tau2(self) -> torch.Tensor:
@@ -68,32 +71,56 @@ class GaussianEmission(nn.Module):
         return self.logits(mean, sigma2dt + self.tau2)
 
     def state_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of the token emitted at state ``x`` (batch, dim): var = tau^2."""
-        return self.logits(x, self.tau2)
+        """Logits of the token emitted at state ``x`` (batch, dim): var = tau^2. Without
+        gradients (decoding), the bias (the prior, the mask and the quadratic term, which
+        depend on tau and w alone) is computed once and kept until a parameter changes, so a
+        decode step costs one (batch x dim) by (dim x vocab) product, not two."""
+        if torch.is_grad_enabled() or x.dtype != torch.float32:
+            return self.logits(x, self.tau2)
+        params = (self.log_tau, self.prior_weight, self.log_prior)
+        key = tuple((p._version, p.data_ptr()) for p in params)
+        if self._state_cache is None or self._state_cache[0] != key:
+            inv = 1.0 / self.tau2
+            bias = torch.where(self.support_mask, self.prior_weight * self.log_prior, float("-inf"))
+            self._state_cache = (key, inv, bias - 0.5 * (self.table_sq @ inv))
+        _, inv, bias = self._state_cache
+        return torch.addmm(bias, x * inv, self.table.T)
 
     @torch.no_grad()
     def decode(
         self, x: torch.Tensor, temperature: float = 0.0, generator: torch.Generator | None = None,
-        exclude: torch.Tensor | None = None,
+        exclude: torch.Tensor | None = None, block: int = DECODE_BLOCK,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids emitted at states ``x`` (batch, dim) and their probabilities.
 
         ``temperature == 0`` takes the most likely token (deterministic given a path);
         otherwise a token is sampled from ``softmax(logits / temperature)``. ``exclude``
         (batch,) names one id per row that may not be emitted (the token a path is on).
-        Returns ids (batch,) and p(id | x) under the untempered emission (batch,).
+        Returns ids (batch,) and p(id | x) under the untempered emission (batch,). Rows are
+        decoded ``block`` at a time, so a large batch never holds more than one block's
+        (block, vocab) logits, and the probability is normalised in place: a block costs its
+        matrix product and three passes over its logits (the maximum, exp, the sum).
         """
-        logits = self.state_logits(x)
-        if exclude is not None:
-            logits = logits.scatter(-1, exclude[:, None], float("-inf"))
-        logp = torch.log_softmax(logits, dim=-1)
-        if temperature <= 0:
-            ids = logp.argmax(dim=-1)
-        else:
-            # max-shifted, so a tiny temperature cannot overflow every logit to -inf
-            probs = torch.softmax((logp - logp.amax(-1, keepdim=True)) / temperature, dim=-1)
-            ids = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-        return ids, logp.gather(-1, ids[:, None]).squeeze(-1).exp()
+        ids, probs = [], []
+        for start in range(0, x.shape[0], block):
+            rows = slice(start, start + block)
+            logits = self.state_logits(x[rows])
+            if exclude is not None:
+                logits.scatter_(-1, exclude[rows, None], float("-inf"))
+            top, v = logits.max(dim=-1)
+            chosen = top
+            if temperature > 0:
+                # max-shifted, so a tiny temperature cannot overflow every logit to -inf
+                weights = torch.softmax((logits - top[:, None]) / temperature, dim=-1)
+                v = torch.multinomial(weights, 1, generator=generator).squeeze(-1)
+                chosen = logits.gather(-1, v[:, None]).squeeze(-1)
+            # p(v) = exp(logit_v - top) / sum exp(logits - top), the sum taken in place
+            total = logits.sub_(top[:, None]).exp_().sum(dim=-1)
+            ids.append(v)
+            probs.append((chosen - top).exp() / total)
+        if not ids:
+            return x.new_zeros(0, dtype=torch.long), x.new_zeros(0)
+        return torch.cat(ids), torch.cat(probs)
 
     @torch.no_grad()
     def nearest_tokens(self, points: torch.Tensor) -> torch.Tensor:

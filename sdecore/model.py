@@ -107,11 +107,22 @@ class TextSDE(nn.Module):
 
     def drift(self, x: torch.Tensor, h: torch.Tensor, t) -> torch.Tensor:
         """mu(x, h, t) = m(z) - gamma * x: (batch, dim), float32 (also under bf16 autocast)."""
-        return self.drift_net(self._features(x, h, t)).float() - self.gamma * x
+        return self._mu(self._features(x, h, t), x)
 
     def sigma(self, x: torch.Tensor, h: torch.Tensor, t) -> torch.Tensor:
         """sigma(x, h, t) > 0: (batch, dim), before the diffusion scale; float32."""
-        return F.softplus(self.diffusion_net(self._features(x, h, t)).float()) + self.config.sigma_min
+        return self._sigma(self._features(x, h, t))
+
+    def drift_and_sigma(self, x: torch.Tensor, h: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """``drift`` and ``sigma`` at once, their shared bounded input computed once."""
+        z = self._features(x, h, t)
+        return self._mu(z, x), self._sigma(z)
+
+    def _mu(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.drift_net(z).float() - self.gamma * x
+
+    def _sigma(self, z: torch.Tensor) -> torch.Tensor:
+        return F.softplus(self.diffusion_net(z).float()) + self.config.sigma_min
 
     def memory_rate(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """dh/dt = (x - h_j) / tau_j for every time scale j: (batch, K * dim)."""
@@ -212,11 +223,11 @@ class TextSDE(nn.Module):
         Returns ``drift``, ``diffusion``, ``ce`` (nats per token) as scalars.
         """
         dt = self.config.dt
-        mu, sig = self.drift(x, h, t), self.sigma(x, h, t)
+        mu, sig = self.drift_and_sigma(x, h, t)
         if x_start is None:
             xs, mu_s, sig_s = x, mu, sig
         else:
-            xs, mu_s, sig_s = x_start, self.drift(x_start, h, t), self.sigma(x_start, h, t)
+            xs, (mu_s, sig_s) = x_start, self.drift_and_sigma(x_start, h, t)
         out = {
             "drift": losses.drift_loss(xs, x_next, mu_s, dt),
             "diffusion": losses.diffusion_loss(xs, x_next, mu_s, sig_s, dt),
@@ -244,6 +255,14 @@ class ScaledSDE:
     def g(self, t, y: torch.Tensor) -> torch.Tensor:
         x, h = self.model.split(y)
         return torch.cat([self.scale * self.model.sigma(x, h, t), torch.zeros_like(h)], dim=-1)
+
+    def f_and_g(self, t, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``f`` and ``g`` together, the nets' bounded inputs computed once (torchsde calls this
+        when a solver needs both; the values equal ``f`` and ``g``)."""
+        x, h = self.model.split(y)
+        mu, sigma = self.model.drift_and_sigma(x, h, t)
+        return (torch.cat([mu, self.model.memory_rate(x, h)], dim=-1),
+                torch.cat([self.scale * sigma, torch.zeros_like(h)], dim=-1))
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -68,13 +68,53 @@ def check_prompt(embedder: Embedder, prompt: str) -> list[int]:
     return ids
 
 
-def brownian_path(t0: float, t1: float, paths: int, state_dim: int, step: float, seed: int,
-                  device: torch.device, dtype=torch.float32) -> torchsde.BrownianInterval:
-    """The run's one Brownian path. ``dt`` is set (torchsde is tens of times slower
-    without it) and the space-time Levy area is always drawn, so the increments W are
+class StateNoise(torchsde.BaseBrownian):
+    """A Brownian path that drives only the first ``noisy`` coordinates of a state of size
+    ``state_dim``: increments (and Levy areas) are drawn for those alone and padded with zeros,
+    since the memory has no noise (``g = 0`` there). torchsde's solvers take it like any
+    Brownian path of shape (paths, state_dim); drawing 384 of the 2,688 coordinates is seven
+    times less noise to generate and to cache."""
+
+    def __init__(self, inner: torchsde.BrownianInterval, state_dim: int):
+        super().__init__()
+        self.inner, self.state_dim = inner, state_dim
+
+    def _pad(self, a: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(a, (0, self.state_dim - a.shape[-1]))
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):
+        out = self.inner(ta, tb, return_U=return_U, return_A=return_A)
+        return tuple(self._pad(a) for a in out) if isinstance(out, tuple) else self._pad(out)
+
+    def __repr__(self) -> str:
+        return f"StateNoise({self.inner!r}, state_dim={self.state_dim})"
+
+    @property
+    def dtype(self):
+        return self.inner.dtype
+
+    @property
+    def device(self):
+        return self.inner.device
+
+    @property
+    def shape(self):
+        return (*self.inner.shape[:-1], self.state_dim)
+
+    @property
+    def levy_area_approximation(self):
+        return self.inner.levy_area_approximation
+
+
+def brownian_path(t0: float, t1: float, paths: int, noise_dim: int, step: float, seed: int,
+                  device: torch.device, dtype=torch.float32, state_dim: int | None = None):
+    """The run's one Brownian path, of ``noise_dim`` coordinates (padded with zeros to
+    ``state_dim`` when given, :class:`StateNoise`). ``dt`` is set (torchsde is tens of times
+    slower without it) and the space-time Levy area is always drawn, so the increments W are
     the same for ``srk`` (which needs the area) and for every other solver."""
-    return torchsde.BrownianInterval(t0=t0, t1=t1, size=(paths, state_dim), dtype=dtype, device=device,
-                                     entropy=seed, dt=step, levy_area_approximation="space-time")
+    bm = torchsde.BrownianInterval(t0=t0, t1=t1, size=(paths, noise_dim), dtype=dtype, device=device,
+                                   entropy=seed, dt=step, levy_area_approximation="space-time")
+    return bm if state_dim is None or state_dim == noise_dim else StateNoise(bm, state_dim)
 
 
 def solver_grid(t0: torch.Tensor, t1: torch.Tensor, step: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -90,11 +130,30 @@ def solver_grid(t0: torch.Tensor, t1: torch.Tensor, step: float) -> list[tuple[t
 
 
 def em_step(sde, y: torch.Tensor, grid, bm) -> torch.Tensor:
-    """Euler-Maruyama over ``grid``: y <- y + f dt + g dW, one drift and one diffusion
-    evaluation per step; the increments are read from ``bm`` in one batch up front."""
+    """Euler-Maruyama over ``grid``: y <- y + f dt + g dW, one evaluation of the nets per
+    step where the SDE offers ``f_and_g`` (as torchsde's own ``euler`` uses it), ``f`` and
+    ``g`` otherwise; the increments are read from ``bm`` in one batch up front."""
+    if isinstance(sde, ScaledSDE) and isinstance(bm, StateNoise):
+        return _em_text(sde, y, grid, bm.inner)
+    f_and_g = getattr(sde, "f_and_g", None) or (lambda t, y: (sde.f(t, y), sde.g(t, y)))
     dws = [bm(a, b) for a, b in grid]
     for (a, b), dw in zip(grid, dws):
-        y = y + sde.f(a, y) * (b - a) + sde.g(a, y) * dw
+        f, g = f_and_g(a, y)
+        y = y + f * (b - a) + g * dw
+    return y
+
+
+def _em_text(sde: ScaledSDE, y: torch.Tensor, grid, bm: torchsde.BrownianInterval) -> torch.Tensor:
+    """:func:`em_step` for the text SDE, the noisy x and the noiseless memory updated apart:
+    the same arithmetic as ``y + f dt + g dW`` on the whole state (the memory's ``g dW`` is an
+    exact zero), without building the padded noise or the memory's zero diffusion."""
+    model = sde.model
+    dws = [bm(a, b) for a, b in grid]  # (paths, dim): the x coordinates only
+    for (a, b), dw in zip(grid, dws):
+        x, h = model.split(y)
+        mu, sigma = model.drift_and_sigma(x, h, a)
+        dt = b - a
+        y = torch.cat([x + mu * dt + (sde.scale * sigma) * dw, h + model.memory_rate(x, h) * dt], dim=-1)
     return y
 
 
@@ -113,6 +172,7 @@ def simulate_paths(
     snap: bool = True,
     temperature: float = 0.0,
     record_states: bool = False,
+    progress: bool = False,
 ) -> Paths:
     """Generate ``paths`` continuations of ``prompt``, ``tokens`` tokens each.
 
@@ -120,7 +180,9 @@ def simulate_paths(
     each token is one SDE step of length dt; after it the token the emission decodes at
     the new x is recorded and, with ``snap``, x is set to that token's embedding. A path
     whose x becomes non-finite or leaves the ball of ``divergence_radius`` times the
-    vocabulary cloud's radius is stopped and flagged; the others go on.
+    vocabulary cloud's radius is stopped and flagged; the others go on. With ``progress``, a
+    bar on stderr counts the tokens of a run that lasts more than two seconds, when stderr is
+    a terminal.
     """
     paths, tokens = check_limit("paths", paths), check_limit("tokens", tokens)
     diffusion_scale, substeps = check_limit("diffusion_scale", diffusion_scale), check_limit("substeps", substeps)
@@ -136,7 +198,7 @@ def simulate_paths(
     t_start = (len(prompt_ids) - 1) * cfg.dt
     times = torch.tensor([t_start + k * cfg.dt for k in range(tokens + 1)], dtype=torch.float32, device=dev)
     step = cfg.dt / substeps
-    bm = brownian_path(float(times[0]), float(times[-1]), paths, cfg.state_dim, step, seed, dev)
+    bm = brownian_path(float(times[0]), float(times[-1]), paths, d, step, seed, dev, state_dim=cfg.state_dim)
     gen = torch.Generator(device=dev).manual_seed(seed)
     bound = cfg.divergence_radius * float(model.cloud_radius)
 
@@ -154,7 +216,11 @@ def simulate_paths(
     diverged_at = torch.full((paths,), -1, dtype=torch.long, device=dev)
 
     sde = ScaledSDE(model, diffusion_scale)
-    for k in range(tokens):
+    from tqdm.auto import tqdm
+
+    steps = tqdm(range(tokens), desc="tokens", unit="tok", leave=False, delay=2.0,
+                 disable=None if progress else True)  # None: only on a terminal
+    for k in steps:
         t0, t1 = times[k], times[k + 1]
         if solver == "em":
             y_new = em_step(sde, y, solver_grid(t0, t1, step), bm)
@@ -177,6 +243,7 @@ def simulate_paths(
             _record(model, y_new[alive], t1, alive, k + 1, rec)
         if snap:
             y[alive, :d] = model.token_states(v)
+    steps.close()
     recorded = {k: v.cpu() for k, v in rec.items()} if rec is not None else {}
     return Paths(prompt_ids=prompt_ids, token_ids=ids_out.cpu(), probs=probs_out.cpu(), times=times.cpu(),
                  diverged=(diverged_at >= 0).cpu(), diverged_at=diverged_at.cpu(),

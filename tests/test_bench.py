@@ -26,3 +26,30 @@ def test_the_throughput_row_runs_on_a_tiny_corpus():
     row = bench_throughput(TINY_CORPUS, batch=64, steps=2)
     assert row["on_the_fly_transitions_per_s"] > 0 and row["precomputed_transitions_per_s"] > 0
     assert row["table_mb_per_1k_transitions"] > 100 * row["token_ids_mb_per_1k_transitions"]
+
+
+def test_the_sampling_rows_have_their_shape(tiny_model):
+    """A smoke run of the sampling benchmark's rows (tiny sizes; the figures are the bench's,
+    not the tests')."""
+    import torch
+
+    from bench.sampling import bench_big_request, bench_sampling
+
+    gemm, rows = bench_sampling(tiny_model, [1, 3], steps=2, repeat=1, device=torch.device("cpu"))
+    assert set(gemm) == {"1", "3"} and all(v > 0 for v in gemm.values())
+    assert {(r["method"], r["batch"]) for r in rows} == {(m, b) for m in ("em", "torchsde-euler", "torchsde-milstein")
+                                                         for b in (1, 3)}
+    for r in rows:
+        assert set(r) == {"batch", "steps", "method", "path_steps_per_s", "gflop_per_path_step", "roofline_fraction"}
+        assert r["path_steps_per_s"] > 0 and r["gflop_per_path_step"] > 0 and r["roofline_fraction"] > 0
+    big = bench_big_request(paths=8, tokens=2)
+    assert big["paths"] == 8 and big["seconds"] > 0 and big["peak_rss_mb"] > 50
+
+
+def test_the_training_row_counts_its_flops(tiny_model):
+    import torch
+
+    from bench.run import bench_training
+
+    row = bench_training(tiny_model, batch=16, repeat=1, device=torch.device("cpu"))
+    assert row["transitions_per_s"] > 0 and row["gflop_per_step"] > 0 and 0 < row["roofline_fraction"]

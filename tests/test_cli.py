@@ -156,3 +156,41 @@ def test_verbose_and_no_report_flags_parse():
 
     a = build_parser().parse_args(["train", "--corpus", "c.jsonl", "--out", "o", "--no-report", "--verbose"])
     assert a.no_report and a.verbose and a.device == "auto"
+
+
+def _stderr_on_a_terminal(argv: list[str]) -> str:
+    """What a command writes to stderr when stderr is a terminal (a pseudo-terminal 120
+    columns wide)."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "sdecore", *argv], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=follower)
+    os.close(follower)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the command closed its end
+            break
+        if not chunk:
+            break
+        out += chunk
+    proc.wait(timeout=300)
+    os.close(leader)
+    assert proc.returncode == 0, out[-500:]
+    return out.decode(errors="replace")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the pseudo-terminal check is written for Linux")
+def test_a_long_sample_shows_progress_on_a_terminal_unless_told_not_to():
+    argv = ["sample", "--prompt", "hi", "--paths", "1200", "--tokens", "8"]  # about 5 s of tokens here
+    assert "tokens: 100%" in _stderr_on_a_terminal(argv)
+    assert "tokens" not in _stderr_on_a_terminal([*argv, "--no-progress"])
+    quick = subprocess.run([sys.executable, "-m", "sdecore", *argv], cwd=ROOT, capture_output=True, text=True)
+    assert quick.returncode == 0 and "tokens" not in quick.stderr  # stderr not a terminal: no bar

@@ -66,8 +66,11 @@ def test_other_solvers_run_and_agree_at_scale_zero_start(tiny_model, solver):
     assert r.token_ids.shape == (4, 4) and (r.token_ids >= 0).all()
     ref = _sim(tiny_model, solver="euler", tokens=4, snap=False, record_states=True)
     got = _sim(tiny_model, solver=solver, tokens=4, snap=False, record_states=True)
-    # one noise path: the solvers differ by their higher-order terms, not by fresh noise
-    assert (got.states[:, 1] - ref.states[:, 1]).norm() < 0.5 * ref.states[:, 1].norm()
+    fresh = _sim(tiny_model, solver="euler", tokens=4, snap=False, record_states=True, seed=13)
+    # one noise path: the solvers differ by their higher-order terms (large at one step of dt = 1
+    # for srk, about half of what fresh noise makes), not by fresh noise
+    gap = (got.states[:, 1] - ref.states[:, 1]).norm()
+    assert gap < 0.6 * (fresh.states[:, 1] - ref.states[:, 1]).norm()
 
 
 def test_divergence_is_flagged_and_others_go_on(tiny_model):

@@ -1,0 +1,113 @@
+"""The sampler against the machine's own matrix-product rate (docs/design.md §3).
+
+- ``gemm_gflops``: the rate of a plain ``torch.matmul`` of the decode's shape, (batch x dim)
+  times (dim x vocabulary), measured in the same run for each batch size.
+- ``sampling``: for each batch of paths and method (the engine's ``em``, torchsde's ``euler``
+  and ``milstein`` on the same Brownian path), path steps per second and the share of the
+  matmul rate that the sampler's own matrix products reach: its FLOPs per path step are
+  counted by ``torch.utils.flop_counter.FlopCounterMode`` on one short run (the decode's and
+  the nets' products, 2 FLOPs a multiply-add), times the path steps per second, over
+  ``gemm_gflops`` at that batch.
+- ``big_request``: ``sdecore sample --paths 4096 --tokens 16`` as a user runs it, its wall time
+  and its peak resident memory (``os.wait4``'s ``ru_maxrss`` of that one process).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPT = "How can I improve my sleep?"
+METHODS = {"em": "em", "torchsde-euler": "euler", "torchsde-milstein": "milstein"}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_time(fn, device: torch.device, repeat: int = 3, min_s: float = 0.2) -> float:
+    """Best wall time of ``fn`` over ``repeat`` rounds after a warm-up; a round repeats ``fn``
+    until it has run ``min_s`` (so sub-millisecond calls are timed over many)."""
+    fn()
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeat):
+        n, t0 = 0, time.perf_counter()
+        while True:
+            fn()
+            n += 1
+            _sync(device)
+            elapsed = time.perf_counter() - t0
+            if elapsed >= min_s:
+                break
+        best = min(best, elapsed / n)
+    return best
+
+
+def gemm_gflops(rows: int, dim: int, vocab: int, device: torch.device, repeat: int = 3) -> float:
+    """GFLOP/s of ``torch.matmul`` of (rows x dim) by (dim x vocab), float32, on ``device``."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(rows, dim, generator=g).to(device)
+    b = torch.randn(dim, vocab, generator=g).to(device)
+    return 2 * rows * dim * vocab / best_time(lambda: torch.matmul(a, b), device, repeat) / 1e9
+
+
+def _simulate(ckpt, paths: int, tokens: int, solver: str, seed: int = 0):
+    from sdecore import simulate_paths
+
+    return simulate_paths(ckpt.model, ckpt.embedder, PROMPT, paths=paths, tokens=tokens, solver=solver,
+                          diffusion_scale=1.0, seed=seed)
+
+
+def flops_per_path_step(ckpt, solver: str) -> float:
+    """Matrix-product FLOPs of one path step of ``solver`` (counted on 4 paths x 4 tokens,
+    less the prompt's read-in, which a run does once)."""
+    def count(tokens: int) -> int:
+        with FlopCounterMode(display=False) as fc:
+            _simulate(ckpt, 4, tokens, solver)
+        return fc.get_total_flops()
+
+    return (count(8) - count(4)) / (4 * 4)
+
+
+def bench_sampling(ckpt, batches, steps: int, repeat: int, device: torch.device) -> tuple[dict, list[dict]]:
+    emission = ckpt.model.emission
+    dim, vocab = emission.table.shape[1], emission.table.shape[0]
+    gemm = {str(b): round(gemm_gflops(b, dim, vocab, device), 2) for b in batches}
+    rows = []
+    per_step = flops_per_path_step(ckpt, "em")
+    for method, solver in METHODS.items():
+        for b in batches:
+            s = best_time(lambda b=b, solver=solver: _simulate(ckpt, b, steps, solver), device, repeat, min_s=0.0)
+            rate = b * steps / s
+            rows.append({"batch": b, "steps": steps, "method": method, "path_steps_per_s": round(rate, 1),
+                         "gflop_per_path_step": round(per_step / 1e9, 5),
+                         "roofline_fraction": round(per_step * rate / 1e9 / gemm[str(b)], 3)})
+    return gemm, rows
+
+
+def bench_big_request(paths: int = 4096, tokens: int = 16, device: str = "cpu") -> dict:
+    """``sdecore sample`` of ``paths`` x ``tokens`` in its own process: seconds and peak RSS."""
+    cmd = [sys.executable, "-m", "sdecore", "sample", "--prompt", PROMPT, "--paths", str(paths), "--tokens",
+           str(tokens), "--format", "json", "--device", device]
+    with tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)  # this one child's own peak, not the bench's
+        seconds = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            tail = err.read().decode(errors="replace")[-500:]
+            raise RuntimeError(f"sdecore sample failed ({proc.returncode}): {tail}")
+    return {"paths": paths, "tokens": tokens, "seconds": round(seconds, 2),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
