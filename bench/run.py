@@ -5,8 +5,8 @@
 Comparisons are ratios measured in the same run: the sampler's and the training step's matrix
 products against a plain matmul of the decode's shape (``gemm_gflops``; :mod:`bench.sampling`),
 the engine's ``em`` loop against torchsde's ``euler`` and ``milstein`` on the same Brownian path,
-a ``BrownianInterval`` with ``dt`` set against one without, and (without ``--quick``) the map's
-regressor transform against ``umap.UMAP.transform``. ``big_request`` is a 4,096-path request
+a ``BrownianInterval`` with ``dt`` set against one without, and the map's regressor transform
+against ``umap.UMAP.transform`` (time and trustworthiness). ``big_request`` is a 4,096-path request
 through the command line, with its peak memory. ``--quick`` finishes within three minutes on a 2-core CPU.
 ``--scale`` adds the training-at-scale rows of :mod:`bench.scale` (about four minutes more):
 peak memory of ``sdecore train`` on 1x and 8x the corpus, and the on-the-fly training data
@@ -91,21 +91,29 @@ def bench_load(model_dir) -> dict:
     return {"load_s": time.perf_counter() - t0}
 
 
-def bench_map(ckpt, n: int) -> dict:
-    """Regressor transform against umap.UMAP.transform on the same points (fits a UMAP first)."""
+def bench_projection(ckpt, n: int) -> dict:
+    """The map's fast transform (a regressor fitted to UMAP's coordinates) against
+    ``umap.UMAP.transform`` on the same held-out points: time and trustworthiness
+    (``sklearn.manifold.trustworthiness``, k = 10) of each. Fits a UMAP on ``n`` token embeddings
+    first; the held-out points are ``n`` others."""
     import numpy as np
     import umap
+    from sklearn.manifold import trustworthiness
 
     from sdecore.refmap import UMAPMap
 
-    table = ckpt.model.emission.table[ckpt.model.emission.support_mask]
+    table = ckpt.model.emission.table[ckpt.model.emission.support_mask].cpu()
     idx = torch.randperm(table.shape[0], generator=torch.Generator().manual_seed(0))[: 2 * n]
     pts = table[idx].numpy().astype(np.float32)
-    reducer = umap.UMAP(random_state=0).fit(pts[:n])
-    m = UMAPMap(steps=500).fit(pts[:n])
-    t_umap = _time(lambda: reducer.transform(pts[n:]), 1)
-    t_reg = _time(lambda: m.transform(pts[n:]), 3)
-    return {"points": n, "umap_transform_s": t_umap, "regressor_s": t_reg, "umap_over_regressor": t_umap / t_reg}
+    fit, held = pts[:n], pts[n:]
+    reducer = umap.UMAP(random_state=0).fit(fit)
+    fast = UMAPMap(steps=500).fit(fit)
+    t_umap = _time(lambda: reducer.transform(held), 1)
+    t_fast = _time(lambda: fast.transform(held), 3)
+    return {"points": n, "umap_transform_ms": round(t_umap * 1000, 1), "fast_transform_ms": round(t_fast * 1000, 2),
+            "speedup": round(t_umap / t_fast, 1),
+            "trustworthiness_umap": round(float(trustworthiness(held, reducer.transform(held), n_neighbors=10)), 4),
+            "trustworthiness_fast": round(float(trustworthiness(held, fast.transform(held), n_neighbors=10)), 4)}
 
 
 def main(argv=None) -> None:
@@ -133,8 +141,7 @@ def main(argv=None) -> None:
     result["big_request"] = sampling.bench_big_request(device=str(dev))
     result["brownian"] = bench_brownian(paths=16, dim=ckpt.model.config.state_dim, steps=32 if q else 128)
     result["training"] = bench_training(ckpt, batch=256 if q else 512, repeat=2 if q else 5, device=dev)
-    if not q:
-        result["map"] = bench_map(ckpt, n=2000)
+    result["projection"] = bench_projection(ckpt, n=1000 if q else 2000)
     if a.scale:
         from bench import scale
 
