@@ -37,6 +37,47 @@ DEFAULT_MODEL_DIR = next((d for d in (_HERE.parent / "assets" / "model", _HERE /
                          _HERE.parent / "assets" / "model")
 
 
+def staging_folder(out: Path) -> Path:
+    """Where ``train --overwrite`` builds the new checkpoint: a hidden sibling of ``out`` (the
+    same file system, so it can be swapped in by a rename)."""
+    return out.parent / f".{out.name}.overwrite"
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2`` with ``RENAME_EXCHANGE``); False
+    where the system or the file system cannot."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def swap_in(staging: Path, out: Path) -> None:
+    """Put the complete checkpoint in ``staging`` in the place of the one in ``out``: one atomic
+    exchange where the system allows it (a process killed at any moment leaves ``out`` holding
+    the old or the new model), else two renames. Files in the old folder that are not part of
+    a checkpoint (a user's notes) move into the new one; the old model is then deleted."""
+    import shutil
+
+    if not _exchange(staging, out):
+        old = out.parent / f".{out.name}.replaced"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(staging, out)
+        staging = old
+    for entry in staging.iterdir():  # staging now holds the old model
+        if entry.name not in (CONFIG, *DERIVED) and not (out / entry.name).exists():
+            os.replace(entry, out / entry.name)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
 def _atomic(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)

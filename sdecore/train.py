@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -126,10 +127,14 @@ def _load_train_state(path: Path, model: TextSDE, opt: torch.optim.Optimizer) ->
     return int(meta["epoch"])
 
 
+def _has_checkpoint(out: Path) -> bool:
+    return (out / ckio.CONFIG).exists() or (out / ckio.WEIGHTS).exists()
+
+
 def _check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder; name a folder for the checkpoint")
-    has_ckpt = (out / ckio.CONFIG).exists() or (out / ckio.WEIGHTS).exists()
+    has_ckpt = _has_checkpoint(out)
     if resume:
         if not (out / ckio.TRAIN_STATE).is_file():
             raise FileNotFoundError(f"cannot resume: {out / ckio.TRAIN_STATE} does not exist; train without --resume")
@@ -165,10 +170,21 @@ def train_model(
 
         require_umap()
     dev = resolve_device(device)
+    # --overwrite of an existing checkpoint trains into a hidden sibling folder and swaps it in
+    # once it is complete, so a run killed at any moment leaves the old model or the new one.
+    replacing = overwrite and not resume and _has_checkpoint(out)
+    work = ckio.staging_folder(out) if replacing else out
     dist_info, dev = init_distributed(dev)
     try:
-        return _train(corpus, out, model_config or ModelConfig(), tcfg, dev=dev, dist_info=dist_info, resume=resume,
-                      progress=progress, on_epoch=on_epoch)
+        if replacing and dist_info.is_main:
+            shutil.rmtree(work, ignore_errors=True)  # what a killed earlier run left
+        dist_info.barrier()
+        history = _train(corpus, work, model_config or ModelConfig(), tcfg, dev=dev, dist_info=dist_info,
+                         resume=resume, progress=progress, on_epoch=on_epoch)
+        if replacing and dist_info.is_main:
+            ckio.swap_in(work, out)
+        dist_info.barrier()
+        return history
     finally:
         shutdown_distributed(dist_info)
 

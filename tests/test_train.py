@@ -228,3 +228,48 @@ def test_bf16_autocast_losses_match_float32(embedder, tmp_path):
 def test_precision_is_checked():
     with pytest.raises(ValueError, match="--precision"):
         TrainConfig(precision="fp16").validate()
+
+
+def test_overwrite_killed_at_any_moment_leaves_a_loadable_model(tiny_ckpt, tmp_path):
+    """`train --overwrite` trains into a hidden sibling folder and swaps it in when complete:
+    a process killed (SIGKILL) at any moment leaves the old model or the new one in --out,
+    loadable, and a leftover of the killed run does not block the next."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    from sdecore.checkpoint import staging_folder
+
+    out = tmp_path / "model"
+    shutil.copytree(tiny_ckpt, out)
+    (out / "notes.txt").write_text("mine")  # not part of a checkpoint: kept across the swap
+    old_history = json.loads((out / "history.json").read_text())
+    cmd = [sys.executable, "-m", "sdecore", "train", "--corpus", str(TINY_CORPUS), "--out", str(out), "--overwrite",
+           "--epochs", "5", "--batch-size", "64", "--map", "none", "--no-report", "--no-progress", "--seed", "4"]
+
+    def still_whole(expect_epochs: set[int]) -> int:
+        ck = load_checkpoint(out)  # raises if the folder is not a complete checkpoint
+        epochs = len(ck.history["epochs"])
+        assert epochs in expect_epochs and (out / "notes.txt").read_text() == "mine"
+        return epochs
+
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=600)
+    full = time.perf_counter() - t0
+    assert still_whole({5}) == 5 and not staging_folder(out).exists()
+    shutil.rmtree(out)
+    shutil.copytree(tiny_ckpt, out)
+    (out / "notes.txt").write_text("mine")
+    seen = set()
+    for fraction in (0.2, 0.5, 0.8, 0.95):
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(fraction * full)
+        proc.kill()
+        proc.wait()
+        seen.add(still_whole({len(old_history["epochs"]), 5}))
+    assert len(old_history["epochs"]) in seen  # at least one kill came before the swap
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=600)  # a leftover does not block it
+    assert still_whole({5}) == 5 and not staging_folder(out).exists()
