@@ -146,7 +146,8 @@ def _cmd_train(a) -> int:
 
     tcfg = TrainConfig(epochs=a.epochs, max_rows=a.max_rows, seed=a.seed, map=a.map, batch_size=a.batch_size,
                        precision=a.precision)
-    history = train_model(a.corpus, a.out, ModelConfig(), tcfg, device=a.device, resume=a.resume,
+    # resuming continues the saved model configuration (the command line has no flags for it)
+    history = train_model(a.corpus, a.out, None if a.resume else ModelConfig(), tcfg, device=a.device, resume=a.resume,
                           overwrite=a.overwrite, progress=not a.no_progress)
     if not _is_main_process():
         return 0

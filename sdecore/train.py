@@ -9,6 +9,7 @@ in ``weights.safetensors`` and the last epoch with its optimizer in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -179,7 +180,7 @@ def train_model(
         if replacing and dist_info.is_main:
             shutil.rmtree(work, ignore_errors=True)  # what a killed earlier run left
         dist_info.barrier()
-        history = _train(corpus, work, model_config or ModelConfig(), tcfg, dev=dev, dist_info=dist_info,
+        history = _train(corpus, work, model_config, tcfg, dev=dev, dist_info=dist_info,
                          resume=resume, progress=progress, on_epoch=on_epoch)
         if replacing and dist_info.is_main:
             ckio.swap_in(work, out)
@@ -189,13 +190,48 @@ def train_model(
         shutdown_distributed(dist_info)
 
 
-def _train(corpus, out: Path, mcfg: ModelConfig, tcfg: TrainConfig, *, dev: torch.device, dist_info: Dist,
-           resume: bool, progress: bool, on_epoch) -> dict:
+def corpus_fingerprint(df) -> str:
+    """SHA-256 (first 16 hex digits) of a loaded corpus's prompts and responses, in order: what
+    ``--resume`` checks it continues on."""
+    digest = hashlib.sha256()
+    for prompt, response in zip(df["prompt"], df["response"]):
+        for text in (prompt, response):
+            data = text.encode("utf-8")
+            digest.update(len(data).to_bytes(8, "little") + data)
+    return digest.hexdigest()[:16]
+
+
+def _check_resume(history: dict, saved_model: ModelConfig, asked_model: ModelConfig | None, tcfg: TrainConfig,
+                  fingerprint: str, out: Path) -> None:
+    """Refuse to resume on other data or another model than the run started with, in one line."""
+    started = history.get("train_config", {})
+    if started.get("max_rows", tcfg.max_rows) != tcfg.max_rows:
+        raise ValueError(f"cannot resume {out}: it started with --max-rows {started.get('max_rows')}, "
+                         f"not {tcfg.max_rows}")
+    if started.get("val_fraction", tcfg.val_fraction) != tcfg.val_fraction:
+        raise ValueError(f"cannot resume {out}: it started with val_fraction {started.get('val_fraction')}, "
+                         f"not {tcfg.val_fraction}")
+    if history.get("corpus_fingerprint", fingerprint) != fingerprint:
+        raise ValueError(f"cannot resume {out}: the corpus differs from the one it started on "
+                         f"({history.get('corpus')}); resume on that corpus or train anew with --overwrite")
+    if asked_model is not None:
+        asked = ModelConfig.from_dict({**asked_model.to_dict(), "dim": saved_model.dim}).to_dict()
+        diff = [k for k, v in saved_model.to_dict().items() if asked.get(k) != v]
+        if diff:
+            raise ValueError(f"cannot resume {out}: the model configuration differs in {', '.join(diff)}")
+
+
+def _train(corpus, out: Path, asked_model: ModelConfig | None, tcfg: TrainConfig, *, dev: torch.device,
+           dist_info: Dist, resume: bool, progress: bool, on_epoch) -> dict:
+    mcfg = asked_model or ModelConfig()
     if resume:
         saved = ckio.read_json(out / ckio.CONFIG)
         mcfg = ModelConfig.from_dict(saved["model"])
         history = ckio.read_json(out / ckio.HISTORY)
     df = load_corpus(corpus, tcfg.max_rows)
+    fingerprint = corpus_fingerprint(df)
+    if resume:
+        _check_resume(history, mcfg, asked_model, tcfg, fingerprint, out)
     split = split_by_prompt(df, tcfg.val_fraction)
     if split.validation.empty or split.train.empty:
         raise ValueError(f"corpus {corpus} needs responses to at least two distinct prompts "
@@ -224,7 +260,7 @@ def _train(corpus, out: Path, mcfg: ModelConfig, tcfg: TrainConfig, *, dev: torc
                              "ask for more with --epochs")
     else:
         history = {
-            "corpus": str(corpus), "train_config": tcfg.to_dict(),
+            "corpus": str(corpus), "corpus_fingerprint": fingerprint, "train_config": tcfg.to_dict(),
             "n_train_transitions": train_data.n_transitions, "n_val_transitions": val_data.n_transitions,
             **prompt_counts, "epochs": [],
         }

@@ -273,3 +273,31 @@ def test_overwrite_killed_at_any_moment_leaves_a_loadable_model(tiny_ckpt, tmp_p
     assert len(old_history["epochs"]) in seen  # at least one kill came before the swap
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=600)  # a leftover does not block it
     assert still_whole({5}) == 5 and not staging_folder(out).exists()
+
+
+def test_resume_refuses_other_data_or_another_model(tmp_path):
+    """--resume continues only the run it started: the same corpus (by content), --max-rows and
+    model configuration; a mismatch is refused in one line naming it, the folder untouched."""
+    cfg = TrainConfig(epochs=1, batch_size=64, seed=2)
+    out = tmp_path / "run"
+    train_model(TINY_CORPUS, out, SMALL, cfg, device="cpu", progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    more = TrainConfig(epochs=2, batch_size=64, seed=2)
+    edited = tmp_path / "edited.jsonl"
+    lines = TINY_CORPUS.read_text().splitlines()
+    row = json.loads(lines[0])
+    row["response"] += " One more sentence."
+    edited.write_text("\n".join([json.dumps(row), *lines[1:]]) + "\n")
+    cases = [
+        ((edited, out, SMALL, more), "corpus differs"),
+        ((TINY_CORPUS, out, SMALL, TrainConfig(epochs=2, batch_size=64, seed=2, max_rows=10)), "--max-rows"),
+        ((TINY_CORPUS, out, ModelConfig(drift_hidden=32, diffusion_hidden=32), more), "drift_hidden"),
+    ]
+    for args, message in cases:
+        with pytest.raises(ValueError, match=message) as err:
+            train_model(*args, device="cpu", progress=False, resume=True)
+        assert "\n" not in str(err.value)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    h = train_model(TINY_CORPUS, out, None, more, device="cpu", progress=False, resume=True)  # the same run goes on
+    assert len(h["epochs"]) == 2 and h["corpus_fingerprint"] == json.loads((out / "history.json").read_text())[
+        "corpus_fingerprint"]
