@@ -8,10 +8,14 @@ when present. Sources: a Hugging Face dataset name (``nvidia/HelpSteer``, loaded
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pandas as pd
 
@@ -87,10 +91,17 @@ def _read_hub(name: str, max_rows: int | None = None) -> pd.DataFrame:
     first rows that are needed, are read out of it into memory."""
     from .extras import require
 
+    offline = _hub_offline()
     datasets = require("datasets", f"loading the Hugging Face dataset {name!r}")
     try:
-        ds = datasets.load_dataset(name, split="train")
-    except Exception as exc:  # offline, unknown name, ...
+        # offline: read the local cache only, instead of retrying a network that is not there
+        with _offline_mode(datasets) if offline else contextlib.nullcontext():
+            ds = datasets.load_dataset(name, split="train")
+    except Exception as exc:  # unknown name, not cached, ...
+        if offline:
+            raise FileNotFoundError(
+                f"cannot reach the Hugging Face Hub and {name!r} is not in the local cache; pass a local "
+                f"{'/'.join(LOCAL_SUFFIXES)} file with its rows instead") from exc
         raise FileNotFoundError(f"cannot load Hugging Face dataset {name!r} ({type(exc).__name__}); "
                                 "check the name and the network, or pass a local file") from exc
     ds = ds.select_columns([c for c in ds.column_names if c in REQUIRED_COLUMNS + SCORE_COLUMNS])
@@ -105,6 +116,46 @@ def _read_hub(name: str, max_rows: int | None = None) -> pd.DataFrame:
         usable += len(_usable(part))
         start += max_rows
     return pd.concat(frames, ignore_index=True)
+
+
+def _hub_offline(timeout: float = 3.0) -> bool:
+    """True when the environment asks for offline mode or the Hub's host cannot be reached
+    within ``timeout`` seconds (one TCP connection, no retries)."""
+    if any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return True
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+    except (OSError, ValueError):
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def _offline_mode(datasets):
+    """The Hugging Face libraries in offline mode for the duration: the environment variables
+    and, for libraries imported before (they read them once), their module flags; all restored
+    afterwards."""
+    import huggingface_hub.constants as hub
+
+    flags = [(hub, "HF_HUB_OFFLINE")] + [(datasets.config, f) for f in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+                                         if hasattr(datasets.config, f)]
+    saved_flags = [(mod, f, getattr(mod, f)) for mod, f in flags]
+    saved_env = {v: os.environ.get(v) for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    try:
+        for mod, f in flags:
+            setattr(mod, f, True)
+        os.environ.update(dict.fromkeys(saved_env, "1"))
+        yield
+    finally:
+        for mod, f, value in saved_flags:
+            setattr(mod, f, value)
+        for v, value in saved_env.items():
+            if value is None:
+                os.environ.pop(v, None)
+            else:
+                os.environ[v] = value
 
 
 def _prompt_hash(prompt: str) -> float:

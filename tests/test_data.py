@@ -100,3 +100,29 @@ def test_a_hub_dataset_is_read_from_its_arrow_table_up_to_max_rows(monkeypatch):
     assert df["response"].tolist() == ["answer 1", "answer 2", "answer 3"]
     assert set(df.columns) == {"prompt", "response", "complexity"}
     assert len(load_corpus("someone/helpful")) == 9
+
+
+def test_a_hub_name_without_a_network_fails_at_once_in_one_line(tmp_path):
+    """No network (here: the Hub's address points at a closed local port) and no cached copy:
+    one line saying to pass a local file, without the libraries' retries (they took about 30 s
+    and printed over 20 lines). The time bound is loose: it catches a retry loop, not speed."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    pytest.importorskip("datasets", reason="the hub extra (datasets) is not installed")
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
+    env.pop("HF_HUB_OFFLINE", None)
+    env.pop("HF_DATASETS_OFFLINE", None)
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "sdecore", "train", "--corpus", "nvidia/HelpSteer", "--out",
+                        str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    elapsed = time.perf_counter() - t0
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pass a local" in lines[0] and "nvidia/HelpSteer" in lines[0], r.stderr
+    assert elapsed < 20, elapsed
+    assert not (tmp_path / "out").exists()
