@@ -129,7 +129,9 @@ def _load_train_state(path: Path, model: TextSDE, opt: torch.optim.Optimizer) ->
 
 
 def _has_checkpoint(out: Path) -> bool:
-    return (out / ckio.CONFIG).exists() or (out / ckio.WEIGHTS).exists()
+    """A trained model is there: weights from at least one epoch. A ``config.json`` alone is what a
+    run that failed before its first epoch left, and does not stop a new run."""
+    return (out / ckio.WEIGHTS).exists()
 
 
 def _check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:

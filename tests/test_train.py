@@ -301,3 +301,23 @@ def test_resume_refuses_other_data_or_another_model(tmp_path):
     h = train_model(TINY_CORPUS, out, None, more, device="cpu", progress=False, resume=True)  # the same run goes on
     assert len(h["epochs"]) == 2 and h["corpus_fingerprint"] == json.loads((out / "history.json").read_text())[
         "corpus_fingerprint"]
+
+
+def test_a_run_that_failed_before_its_first_epoch_does_not_block_a_rerun(tmp_path, monkeypatch):
+    """A run that fails inside its first epoch (as a torchrun rank does on a corpus too small to
+    share out) leaves only config.json; the same command then runs, without --overwrite."""
+    import sdecore.train as train_module
+
+    out = tmp_path / "run"
+    real_epoch = train_module._train_epoch
+
+    def failing_epoch(*args, **kwargs):
+        raise RuntimeError("a rank failed")
+
+    monkeypatch.setattr(train_module, "_train_epoch", failing_epoch)
+    with pytest.raises(RuntimeError, match="a rank failed"):
+        train_model(TINY_CORPUS, out, SMALL, TrainConfig(epochs=1, batch_size=64), device="cpu", progress=False)
+    assert [p.name for p in out.iterdir()] == ["config.json"]
+    monkeypatch.setattr(train_module, "_train_epoch", real_epoch)
+    h = train_model(TINY_CORPUS, out, SMALL, TrainConfig(epochs=1, batch_size=64), device="cpu", progress=False)
+    assert len(h["epochs"]) == 1 and load_checkpoint(out).history["epochs"]
