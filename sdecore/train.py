@@ -34,6 +34,7 @@ from .tokendata import TokenSequences, WindowBatch, batches, encode_corpus, in_o
 
 log = logging.getLogger(__name__)
 LOSS_NAMES = ("drift", "diffusion", "ce", "total")
+MAX_NONFINITE_RUN = 20  # steps in a row with a non-finite loss or gradient before training stops
 _EVAL_BATCH = 1024
 
 
@@ -284,11 +285,11 @@ def _train(corpus, out: Path, asked_model: ModelConfig | None, tcfg: TrainConfig
                total=tcfg.epochs)
     for epoch in bar:
         t0 = time.time()
-        train_losses = _train_epoch(net, model, train_data, tcfg, opt, dev=dev, dist_info=dist_info, epoch=epoch,
-                                    progress=progress)
+        train_losses, skipped = _train_epoch(net, model, train_data, tcfg, opt, dev=dev, dist_info=dist_info,
+                                             epoch=epoch, progress=progress)
         val_losses = evaluate_losses(model, val_data, tcfg)
         record = {"epoch": epoch + 1, "train": train_losses, "validation": val_losses,
-                  "seconds": round(time.time() - t0, 2)}
+                  "seconds": round(time.time() - t0, 2), "skipped_steps": skipped}
         history["epochs"].append(record)
         if dist_info.is_main:
             if val_losses["total"] < best:
@@ -314,9 +315,10 @@ def _train(corpus, out: Path, asked_model: ModelConfig | None, tcfg: TrainConfig
 
 
 def _train_epoch(net, model: TextSDE, data: TokenSequences, cfg: TrainConfig, opt, *, dev, dist_info: Dist,
-                 epoch: int, progress: bool) -> dict[str, float]:
+                 epoch: int, progress: bool) -> tuple[dict[str, float], int]:
     """One pass over the train windows, shuffled by seed and epoch (each rank its own share
-    under torchrun); returns mean losses."""
+    under torchrun); returns mean losses over the steps taken and the number of steps skipped
+    for a non-finite loss or gradient."""
     from tqdm.auto import tqdm
 
     model.train()
@@ -328,7 +330,7 @@ def _train_epoch(net, model: TextSDE, data: TokenSequences, cfg: TrainConfig, op
                           rank=dist_info.rank, world=dist_info.world))
     # the losses summed on the device, read once at the end: no host round trip per step
     sums = torch.zeros(4, dtype=torch.float64, device=dev)
-    count = 0
+    count = skipped = run = 0
     steps_per_epoch = len(groups)
     amp = {"device_type": dev.type, "dtype": torch.bfloat16, "enabled": cfg.precision == "bf16"}
     for i, windows in enumerate(tqdm(groups, desc=f"epoch {epoch + 1}", leave=False,
@@ -343,11 +345,21 @@ def _train_epoch(net, model: TextSDE, data: TokenSequences, cfg: TrainConfig, op
             loss = weighted_loss(parts, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        # A non-finite loss on any rank makes the all-reduced gradient non-finite on every rank,
+        # so all skip the same steps (one host sync a step, as a gradient scaler makes).
+        if not bool(torch.isfinite(norm)):
+            skipped += 1
+            run += 1
+            if run >= MAX_NONFINITE_RUN:
+                raise ValueError(f"training stopped at epoch {epoch + 1}: {run} steps in a row had a non-finite loss "
+                                 "or gradient; lower the learning rate or check the corpus")
+            continue
+        run = 0
         opt.step()
         sums += torch.stack([parts["drift"], parts["diffusion"], parts["ce"], loss]).detach().double() * len(batch)
         count += len(batch)
-    return dict(zip(("drift", "diffusion", "ce", "total"), (sums / max(count, 1)).tolist()))
+    return dict(zip(("drift", "diffusion", "ce", "total"), (sums / max(count, 1)).tolist())), skipped
 
 
 def _perturb(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor | None:

@@ -2,6 +2,7 @@
 exactly, and the checkpoint folder follows its contract."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -321,3 +322,26 @@ def test_a_run_that_failed_before_its_first_epoch_does_not_block_a_rerun(tmp_pat
     monkeypatch.setattr(train_module, "_train_epoch", real_epoch)
     h = train_model(TINY_CORPUS, out, SMALL, TrainConfig(epochs=1, batch_size=64), device="cpu", progress=False)
     assert len(h["epochs"]) == 1 and load_checkpoint(out).history["epochs"]
+
+
+def test_steps_with_a_non_finite_loss_are_skipped_and_counted_then_training_stops(tmp_path, monkeypatch):
+    import sdecore.train as train_module
+
+    real = train_module.weighted_loss
+    calls = {"n": 0}
+
+    def every_third_nan(parts, cfg):
+        calls["n"] += 1
+        loss = real(parts, cfg)
+        return loss * float("nan") if calls["n"] % 3 == 0 else loss
+
+    monkeypatch.setattr(train_module, "weighted_loss", every_third_nan)
+    h = train_model(TINY_CORPUS, tmp_path / "a", SMALL, TrainConfig(epochs=2, batch_size=64), device="cpu",
+                    progress=False)
+    for e in h["epochs"]:
+        assert e["skipped_steps"] > 0 and all(math.isfinite(v) for v in e["train"].values())
+        assert all(math.isfinite(v) for v in e["validation"].values())  # the weights never took a NaN step
+    monkeypatch.setattr(train_module, "weighted_loss", lambda parts, cfg: real(parts, cfg) * float("nan"))
+    with pytest.raises(ValueError, match="steps in a row had a non-finite loss"):
+        train_model(TINY_CORPUS, tmp_path / "b", SMALL, TrainConfig(epochs=1, batch_size=8), device="cpu",
+                    progress=False)
