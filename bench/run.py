@@ -142,6 +142,10 @@ def main(argv=None) -> None:
     result["brownian"] = bench_brownian(paths=16, dim=ckpt.model.config.state_dim, steps=32 if q else 128)
     result["training"] = bench_training(ckpt, batch=256 if q else 512, repeat=2 if q else 5, device=dev)
     result["projection"] = bench_projection(ckpt, n=1000 if q else 2000)
+    if a.model is None and dev.type == "cpu":  # the dashboard serves the shipped model, on the CPU here
+        from bench.dashboard import bench_dashboard
+
+        result["dashboard"] = bench_dashboard()
     if a.scale:
         from bench import scale
 

@@ -53,3 +53,19 @@ def test_the_training_row_counts_its_flops(tiny_model):
 
     row = bench_training(tiny_model, batch=16, repeat=1, device=torch.device("cpu"))
     assert row["transitions_per_s"] > 0 and row["gflop_per_step"] > 0 and 0 < row["roofline_fraction"]
+
+
+def test_the_dashboard_row_has_its_shape():
+    """The dashboard benchmark at one slider value: a rerun time, a cold start to the first chart in
+    Chromium and the server's memory (the figures are the benchmark's, not the tests')."""
+    import shutil
+
+    import pytest
+
+    from bench.dashboard import CHROMIUM, cold_start, rerun_ms
+
+    if not shutil.which(CHROMIUM):
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    row = {**rerun_ms(values=(0.45,)), **cold_start()}
+    assert row["rerun_ms_median"] > 0 and len(row["rerun_ms"]) == 1
+    assert row["cold_start_s"] > 0 and row["peak_rss_mb"] > 50
