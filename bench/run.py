@@ -141,11 +141,17 @@ def main(argv=None) -> None:
     result["big_request"] = sampling.bench_big_request(device=str(dev))
     result["brownian"] = bench_brownian(paths=16, dim=ckpt.model.config.state_dim, steps=32 if q else 128)
     result["training"] = bench_training(ckpt, batch=256 if q else 512, repeat=2 if q else 5, device=dev)
-    result["projection"] = bench_projection(ckpt, n=1000 if q else 2000)
+    try:
+        result["projection"] = bench_projection(ckpt, n=1000 if q else 2000)
+    except ImportError as exc:  # the umap extra
+        result["projection"] = {"skipped": f"needs umap-learn and scikit-learn ({exc})"}
     if a.model is None and dev.type == "cpu":  # the dashboard serves the shipped model, on the CPU here
-        from bench.dashboard import bench_dashboard
+        try:
+            from bench.dashboard import bench_dashboard
 
-        result["dashboard"] = bench_dashboard()
+            result["dashboard"] = bench_dashboard()
+        except ImportError as exc:  # the dashboard extra, Playwright
+            result["dashboard"] = {"skipped": f"needs streamlit and playwright with /usr/bin/chromium ({exc})"}
     if a.scale:
         from bench import scale
 

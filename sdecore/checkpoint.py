@@ -59,11 +59,25 @@ def _exchange(a: Path, b: Path) -> bool:
     return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
+def move_user_files(src: Path, dst: Path) -> None:
+    """Move the entries of ``src`` that are not part of a checkpoint (a user's notes) into
+    ``dst``, unless ``dst`` has one of that name."""
+    if not src.is_dir():
+        return
+    for entry in src.iterdir():
+        if entry.name not in (CONFIG, *DERIVED) and not entry.name.startswith(".") and not (dst / entry.name).exists():
+            os.replace(entry, dst / entry.name)
+
+
 def swap_in(staging: Path, out: Path) -> None:
     """Put the complete checkpoint in ``staging`` in the place of the one in ``out``: one atomic
-    exchange where the system allows it (a process killed at any moment leaves ``out`` holding
-    the old or the new model), else two renames. Files in the old folder that are not part of
-    a checkpoint (a user's notes) move into the new one; the old model is then deleted."""
+    exchange where the system allows it (Linux: a process killed at any moment leaves ``out``
+    holding the old or the new model), else two renames (a kill between them leaves ``out``
+    missing, the new model in ``staging`` and the old one beside it). Files in the old folder
+    that are not part of a checkpoint move into the new one (a kill before they have leaves
+    them in ``staging``, from where the next run's :func:`move_user_files` brings them back);
+    the old model is then deleted. This guards against killed processes, not power loss:
+    nothing is fsynced."""
     import shutil
 
     if not _exchange(staging, out):
@@ -72,9 +86,7 @@ def swap_in(staging: Path, out: Path) -> None:
         os.replace(out, old)
         os.replace(staging, out)
         staging = old
-    for entry in staging.iterdir():  # staging now holds the old model
-        if entry.name not in (CONFIG, *DERIVED) and not (out / entry.name).exists():
-            os.replace(entry, out / entry.name)
+    move_user_files(staging, out)  # staging now holds the old model
     shutil.rmtree(staging, ignore_errors=True)
 
 

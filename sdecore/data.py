@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 REQUIRED_COLUMNS = ("prompt", "response")
 SCORE_COLUMNS = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+_OFFLINE_LOCK = threading.Lock()  # offline mode is process-wide: one offline load at a time
 
 
 def load_corpus(src: str | Path, max_rows: int | None = None) -> pd.DataFrame:
@@ -95,7 +97,8 @@ def _read_hub(name: str, max_rows: int | None = None) -> pd.DataFrame:
     datasets = require("datasets", f"loading the Hugging Face dataset {name!r}")
     try:
         # offline: read the local cache only, instead of retrying a network that is not there
-        with _offline_mode(datasets) if offline else contextlib.nullcontext():
+        with _OFFLINE_LOCK if offline else contextlib.nullcontext(), \
+                _offline_mode(datasets) if offline else contextlib.nullcontext():
             ds = datasets.load_dataset(name, split="train")
     except Exception as exc:  # unknown name, not cached, ...
         if offline:
@@ -120,9 +123,11 @@ def _read_hub(name: str, max_rows: int | None = None) -> pd.DataFrame:
 
 def _hub_offline(timeout: float = 3.0) -> bool:
     """True when the environment asks for offline mode or the Hub's host cannot be reached
-    within ``timeout`` seconds (one TCP connection, no retries)."""
+    within ``timeout`` seconds (one TCP connection, no retries; not tried behind a proxy)."""
     if any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
         return True
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return False  # only the proxy can tell; leave it to the libraries
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     try:
         socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),

@@ -77,8 +77,11 @@ class GaussianEmission(nn.Module):
         """Logits of the token emitted at state ``x`` (batch, dim): var = tau^2. Without
         gradients (decoding), the bias (the prior, the mask and the quadratic term, which
         depend on tau and w alone) is computed once and kept until a parameter changes, so a
-        decode step costs one (batch x dim) by (dim x vocab) product, not two."""
-        if torch.is_grad_enabled() or x.dtype != torch.float32:
+        decode step costs one (batch x dim) by (dim x vocab) product, not two. The key is each
+        parameter's version counter and storage: in-place updates (optimiser steps,
+        ``load_state_dict``) and moves invalidate it; writes through ``.data`` and fused
+        optimisers, which bypass the counter, would not (nothing here uses them)."""
+        if torch.is_grad_enabled() or x.dtype != torch.float32 or torch.is_autocast_enabled(x.device.type):
             return self.logits(x, self.tau2)
         params = (self.log_tau, self.prior_weight, self.log_prior)
         key = tuple((p._version, p.data_ptr()) for p in params)

@@ -177,11 +177,14 @@ def train_model(
     # --overwrite of an existing checkpoint trains into a hidden sibling folder and swaps it in
     # once it is complete, so a run killed at any moment leaves the old model or the new one.
     replacing = overwrite and not resume and _has_checkpoint(out)
+    if replacing:
+        out = out.resolve()  # the real folder, so `--out .` or a link swaps what it names
     work = ckio.staging_folder(out) if replacing else out
     dist_info, dev = init_distributed(dev)
     try:
         if replacing and dist_info.is_main:
-            shutil.rmtree(work, ignore_errors=True)  # what a killed earlier run left
+            ckio.move_user_files(work, out)  # a killed earlier swap may have left a user's files there
+            shutil.rmtree(work, ignore_errors=True)
         dist_info.barrier()
         history = _train(corpus, work, model_config, tcfg, dev=dev, dist_info=dist_info,
                          resume=resume, progress=progress, on_epoch=on_epoch)
@@ -346,9 +349,14 @@ def _train_epoch(net, model: TextSDE, data: TokenSequences, cfg: TrainConfig, op
         opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        # A non-finite loss on any rank makes the all-reduced gradient non-finite on every rank,
-        # so all skip the same steps (one host sync a step, as a gradient scaler makes).
-        if not bool(torch.isfinite(norm)):
+        # Skip a step whose loss or gradient is not finite; the flag is agreed across ranks (a
+        # NaN anywhere already reaches every rank through the averaged gradient, an infinite loss
+        # with finite gradients need not), so all ranks skip the same steps. One host sync a
+        # step, as a gradient scaler makes.
+        finite = (torch.isfinite(norm) & torch.isfinite(loss.detach())).to(torch.int32)
+        if dist_info.enabled:
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if not bool(finite):
             skipped += 1
             run += 1
             if run >= MAX_NONFINITE_RUN:
@@ -359,7 +367,10 @@ def _train_epoch(net, model: TextSDE, data: TokenSequences, cfg: TrainConfig, op
         opt.step()
         sums += torch.stack([parts["drift"], parts["diffusion"], parts["ce"], loss]).detach().double() * len(batch)
         count += len(batch)
-    return dict(zip(("drift", "diffusion", "ce", "total"), (sums / max(count, 1)).tolist())), skipped
+    if count == 0:
+        raise ValueError(f"training stopped at epoch {epoch + 1}: every step had a non-finite loss or gradient; "
+                         "lower the learning rate or check the corpus")
+    return dict(zip(("drift", "diffusion", "ce", "total"), (sums / count).tolist())), skipped
 
 
 def _perturb(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor | None:

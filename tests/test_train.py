@@ -345,3 +345,29 @@ def test_steps_with_a_non_finite_loss_are_skipped_and_counted_then_training_stop
     with pytest.raises(ValueError, match="steps in a row had a non-finite loss"):
         train_model(TINY_CORPUS, tmp_path / "b", SMALL, TrainConfig(epochs=1, batch_size=8), device="cpu",
                     progress=False)
+
+
+def test_an_epoch_of_only_non_finite_steps_stops_training(tmp_path, monkeypatch):
+    import sdecore.train as train_module
+
+    real = train_module.weighted_loss
+    monkeypatch.setattr(train_module, "weighted_loss", lambda parts, cfg: real(parts, cfg) * float("inf"))
+    with pytest.raises(ValueError, match="every step had a non-finite loss"):  # one step an epoch: never 20 in a row
+        train_model(TINY_CORPUS, tmp_path / "c", SMALL, TrainConfig(epochs=2, batch_size=4096), device="cpu",
+                    progress=False)
+
+
+def test_a_users_files_left_in_a_killed_swap_come_back(tiny_ckpt, tmp_path):
+    import shutil
+
+    from sdecore.checkpoint import staging_folder
+
+    out = tmp_path / "model"
+    shutil.copytree(tiny_ckpt, out)
+    stranded = staging_folder(out)
+    shutil.copytree(tiny_ckpt, stranded)  # as a kill after the exchange, before the files moved, leaves it
+    (stranded / "notes.txt").write_text("mine")
+    train_model(TINY_CORPUS, out, SMALL, TrainConfig(epochs=1, batch_size=64), device="cpu", progress=False,
+                overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine" and not stranded.exists()
+    assert len(load_checkpoint(out).history["epochs"]) == 1
