@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench.scale import vm_hwm_mb
+
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "dashboard" / "app.py"
 CHROMIUM = "/usr/bin/chromium"
@@ -38,17 +40,6 @@ def rerun_ms(values=(0.35, 0.55, 0.75, 0.95, 1.15, 1.35, 1.55)) -> dict:
         if at.exception:
             raise RuntimeError(f"the Generate page failed at s = {v}: {at.exception[0].value}")
     return {"rerun_ms_median": round(statistics.median(times), 1), "rerun_ms": [round(t, 1) for t in times]}
-
-
-def _vm_hwm_mb(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 def cold_start(timeout_s: float = 180.0) -> dict:
@@ -78,7 +69,7 @@ def cold_start(timeout_s: float = 180.0) -> dict:
             page.wait_for_selector(".js-plotly-plot", timeout=timeout_s * 1000)
             seconds = time.perf_counter() - t0
             browser.close()
-        return {"cold_start_s": round(seconds, 2), "peak_rss_mb": round(_vm_hwm_mb(server.pid) or 0.0, 1)}
+        return {"cold_start_s": round(seconds, 2), "peak_rss_mb": round(vm_hwm_mb(server.pid) or 0.0, 1)}
     finally:
         server.terminate()
         server.wait(15)

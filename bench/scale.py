@@ -26,7 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _vm_hwm_mb(pid: int) -> float | None:
+def vm_hwm_mb(pid: int) -> float | None:
+    """A live process's peak resident memory in MB (``VmHWM`` of /proc), None once it is gone."""
     try:
         with open(f"/proc/{pid}/status", encoding="ascii") as fh:
             for line in fh:
@@ -65,9 +66,9 @@ def train_peak_rss(corpus: Path, seconds: float, work: Path, device: str = "cpu"
     peak = None
     try:
         while proc.poll() is None and time.perf_counter() - t0 < seconds:
-            peak = _vm_hwm_mb(proc.pid) or peak
+            peak = vm_hwm_mb(proc.pid) or peak
             time.sleep(0.25)
-        peak = _vm_hwm_mb(proc.pid) or peak
+        peak = vm_hwm_mb(proc.pid) or peak
     finally:
         if proc.poll() is None:
             proc.kill()

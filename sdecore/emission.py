@@ -63,11 +63,16 @@ class GaussianEmission(nn.Module):
 
     def _logits(self, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
         inv = 1.0 / var
-        bias = torch.where(self.support_mask, self.prior_weight * self.log_prior, float("-inf"))
         if inv.ndim == 1:
-            return torch.addmm(bias - 0.5 * (self.table_sq @ inv), mean * inv, self.table_t)
-        out = torch.addmm(bias, mean * inv, self.table_t)
+            return torch.addmm(self._bias(inv), mean * inv, self.table_t)
+        out = torch.addmm(self._bias(), mean * inv, self.table_t)
         return out.addmm_(inv, self.table_sq.T, alpha=-0.5)
+
+    def _bias(self, shared_inv: torch.Tensor | None = None) -> torch.Tensor:
+        """What the logits add whatever the row: the weighted prior, -inf outside the support and,
+        for a variance shared by every row (its inverse ``shared_inv``), the quadratic term."""
+        bias = torch.where(self.support_mask, self.prior_weight * self.log_prior, float("-inf"))
+        return bias if shared_inv is None else bias - 0.5 * (self.table_sq @ shared_inv)
 
     def next_token_logits(self, mean: torch.Tensor, sigma2dt: torch.Tensor) -> torch.Tensor:
         """Closed-form next-token logits after one SDE step: var = sigma^2 dt + tau^2."""
@@ -87,8 +92,7 @@ class GaussianEmission(nn.Module):
         key = tuple((p._version, p.data_ptr()) for p in params)
         if self._state_cache is None or self._state_cache[0] != key:
             inv = 1.0 / self.tau2
-            bias = torch.where(self.support_mask, self.prior_weight * self.log_prior, float("-inf"))
-            self._state_cache = (key, inv, bias - 0.5 * (self.table_sq @ inv))
+            self._state_cache = (key, inv, self._bias(inv))
         _, inv, bias = self._state_cache
         return torch.addmm(bias, x * inv, self.table_t)
 

@@ -40,12 +40,8 @@ class TokenSequences:
 
     @classmethod
     def from_lists(cls, seqs: list[list[int]], firsts: list[int] | None = None) -> TokenSequences:
-        lengths = torch.tensor([len(s) for s in seqs], dtype=torch.int64)
-        offsets = torch.zeros(len(seqs) + 1, dtype=torch.int64)
-        offsets[1:] = torch.cumsum(lengths, 0)
-        ids = torch.tensor([v for s in seqs for v in s], dtype=torch.int32)
-        first = torch.tensor(firsts if firsts is not None else [0] * len(seqs), dtype=torch.int64)
-        return cls(ids=ids, offsets=offsets, firsts=first)
+        return cls.from_arrays([np.asarray(s, dtype=np.int32) for s in seqs],
+                               firsts if firsts is not None else [0] * len(seqs))
 
     @classmethod
     def from_arrays(cls, parts: list[np.ndarray], firsts: list[int]) -> TokenSequences:
