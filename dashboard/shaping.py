@@ -3,7 +3,10 @@ files turned into the arrays, rows and dicts the pages draw."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,20 @@ def history_rows(history: dict) -> list[dict]:
                 if value is not None:
                     rows.append({"epoch": e["epoch"], "split": split, "loss": name, "value": float(value)})
     return rows
+
+
+def csv_text(rows: list[dict]) -> str:
+    """Rows (dicts with the same keys) as CSV text with a header; None and NaN are written empty,
+    fields with commas or quotes quoted (the standard library's ``csv``: no pandas to load)."""
+    if not rows:
+        return ""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None or (isinstance(v, float) and math.isnan(v)) else v
+                         for k, v in row.items()})
+    return out.getvalue()
 
 
 # ----------------------------------------------------------------------------- maps

@@ -21,10 +21,9 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.signal import lfilter
 from torch import nn
 
-from . import losses
+from . import losses, onednn
 from .config import ModelConfig
 from .embedding import Embedder
 from .emission import GaussianEmission
@@ -119,10 +118,46 @@ class TextSDE(nn.Module):
         return self._mu(z, x), self._sigma(z)
 
     def _mu(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self.drift_net(z).float() - self.gamma * x
+        return self._net("drift_net", z).float() - self.gamma * x
 
     def _sigma(self, z: torch.Tensor) -> torch.Tensor:
-        return F.softplus(self.diffusion_net(z).float()) + self.config.sigma_min
+        return F.softplus(self._net("diffusion_net", z).float()) + self.config.sigma_min
+
+    def _net(self, name: str, z: torch.Tensor) -> torch.Tensor:
+        """The MLP ``name`` at ``z``. For inference (eval mode, no gradients) its layers run as
+        plain functions, without the modules' call overhead, and on a CPU (float32, two rows or
+        more) through oneDNN with prepacked weights and the SiLU fused (:mod:`sdecore.onednn`): at
+        a few rows, as when sampling, torch's default product repacks each weight on every call.
+        The same values as ``net(z)`` (the packed product to float rounding). The packs are kept
+        until a parameter changes (their version counters, as for the emission's cached bias,
+        docs/design.md §3)."""
+        net = getattr(self, name)
+        if self.training or torch.is_grad_enabled():
+            return net(z)
+        layers, packed = self._inference_layers(name, net)
+        if layers is None:
+            return net(z)
+        if packed is not None and z.shape[0] > 1 and onednn.usable(z):  # one row: the plain product is as fast
+            for weight, bias, activation in packed:
+                z = onednn.linear(z, weight, bias, activation)
+            return z
+        for weight, bias, activation in layers:
+            z = F.linear(z, weight, bias)
+            if activation == "swish":
+                z = F.silu(z)
+        return z
+
+    def _inference_layers(self, name: str, net: nn.Sequential) -> tuple[list | None, list | None]:
+        """(weight, bias, activation) per linear layer of ``net``, and the same with oneDNN-packed
+        weights (None where oneDNN declines), kept until a parameter changes."""
+        cache = self.__dict__.setdefault("_inference_nets", {})
+        entry = cache.get(name)
+        params = entry[0] if entry is not None else list(net.parameters())
+        key = tuple((p._version, p.data_ptr()) for p in params)
+        if entry is None or entry[1] != key:
+            layers = _mlp_layers(net)
+            entry = cache[name] = (params, key, layers, _pack_layers(layers) if layers is not None else None)
+        return entry[2], entry[3]
 
     def memory_rate(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """dh/dt = (x - h_j) / tau_j for every time scale j: (batch, K * dim)."""
@@ -148,6 +183,8 @@ class TextSDE(nn.Module):
         length dt per token, h_{k+1} = h_k + (dt / tau_j) (x_k - h_k), from h_0 = 0 (the
         vocabulary mean). This is the update an Euler-Maruyama step of the SDE makes.
         """
+        from scipy.signal import lfilter  # here, not at import: scipy.signal takes a second to load
+
         b, length, d = xs.shape
         # h_{k+1} = (1 - r) h_k + r x_k is a first-order linear filter along time; scipy's
         # lfilter runs it in C (the same recurrence, not an approximation).
@@ -206,11 +243,17 @@ class TextSDE(nn.Module):
         return xs, h.reshape(w, i.numel(), -1)
 
     def prompt_state(self, ids: list[int]) -> torch.Tensor:
-        """State y at the prompt's last token, reading the prompt through the memory: (1, state_dim)."""
+        """State y at the prompt's last token, reading the prompt through the memory: (1, state_dim).
+
+        The memory there is the teacher-forced one (:meth:`teacher_forced_memory`) at the last
+        position, taken directly as its unrolled sum ``h = sum_{j<L-1} r a^(L-2-j) x_j`` in float64
+        (docs/design.md §2.1): one weighted sum per time scale instead of the whole filter."""
         ids_t = torch.as_tensor(ids, dtype=torch.long, device=self.emb_mean.device)
-        xs = self.token_states(ids_t).unsqueeze(0)
-        hs = self.teacher_forced_memory(xs)
-        return torch.cat([xs[:, -1], hs[:, -1]], dim=-1)
+        xs = self.token_states(ids_t)  # (L, dim)
+        rate = self.memory_rates.to(xs.device, torch.float64)[:, None]  # (K, 1)
+        lag = torch.arange(xs.shape[0] - 2, -1, -1, device=xs.device, dtype=torch.float64)  # L-2-j, j < L-1
+        h = (rate * (1.0 - rate).pow(lag)) @ xs[:-1].double()  # (K, dim)
+        return torch.cat([xs[-1], h.reshape(-1).to(xs.dtype)])[None]
 
     # ------------------------------------------------------------------- losses
     def forward(self, x, h, t, x_next, v_next, ce_mask=None, x_start=None) -> dict[str, torch.Tensor]:
@@ -237,6 +280,34 @@ class TextSDE(nn.Module):
         logits = self.emission.next_token_logits(x + mu * dt, (sig.detach() ** 2) * dt)
         out["ce"] = losses.emission_ce(logits, v_next)
         return out
+
+
+def _mlp_layers(net: nn.Sequential) -> list | None:
+    """(weight, bias, activation) per linear layer of an MLP of Linear, SiLU and Dropout (an
+    identity in eval mode) layers, activation "swish" (SiLU) or "none"; None for any other layer."""
+    mods = [m for m in net if not isinstance(m, nn.Dropout)]
+    layers = []
+    for i, m in enumerate(mods):
+        if isinstance(m, nn.SiLU):
+            if i == 0 or not isinstance(mods[i - 1], nn.Linear):
+                return None
+            continue
+        if not isinstance(m, nn.Linear):
+            return None
+        activation = "swish" if i + 1 < len(mods) and isinstance(mods[i + 1], nn.SiLU) else "none"
+        layers.append((m.weight.detach(), None if m.bias is None else m.bias.detach(), activation))
+    return layers
+
+
+def _pack_layers(layers: list) -> list | None:
+    """:func:`_mlp_layers`' layers with oneDNN-packed weights, or None where oneDNN declines."""
+    packed = []
+    for weight, bias, activation in layers:
+        w = onednn.pack(weight, bias, activation)
+        if w is None:
+            return None
+        packed.append((w, bias, activation))
+    return packed
 
 
 class ScaledSDE:

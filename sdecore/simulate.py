@@ -190,7 +190,8 @@ def simulate_paths(
     temperature = check_temperature(temperature)
     prompt_ids = check_prompt(embedder, prompt)
 
-    model.eval()
+    if model.training:
+        model.eval()
     dev = model.emb_mean.device
     cfg = model.config
     d = cfg.dim
@@ -205,13 +206,12 @@ def simulate_paths(
     ids_out = torch.full((paths, tokens), -1, dtype=torch.long, device=dev)
     probs_out = torch.zeros(paths, tokens, device=dev)
     rec = None
-    if record_states:
+    if record_states:  # x and h after each step; mu and sigma^2 at them come after the loop
         rec = {"states": torch.full((paths, tokens + 1, d), math.nan, device=dev),
-               "drift": torch.full((paths, tokens + 1, d), math.nan, device=dev),
-               "sigma2": torch.full((paths, tokens + 1), math.nan, device=dev),
                "memory": torch.full((paths, tokens + 1, cfg.memory_dim), math.nan, device=dev)}
-        _record(model, y, times[0], slice(None), 0, rec)
+        rec["states"][:, 0], rec["memory"][:, 0] = model.split(y)
     alive = torch.ones(paths, dtype=torch.bool, device=dev)
+    all_alive = True  # until a path stops: the common case skips the masked updates
     last = torch.full((paths,), prompt_ids[-1], dtype=torch.long, device=dev)
     diverged_at = torch.full((paths,), -1, dtype=torch.long, device=dev)
 
@@ -228,35 +228,57 @@ def simulate_paths(
             y_new = _sdeint_step(sde, y, t0, t1, bm, solver, step)
         x = y_new[:, :d]
         ok = torch.isfinite(y_new).all(-1) & (x.norm(dim=-1) <= bound)
+        if all_alive and bool(ok.all()):
+            # A token never follows itself here: real text almost never does (0.06% of HelpSteer's
+            # pairs), while a greedy read-out of a settled path would repeat one token for ever.
+            v, p = model.emission.decode(x, temperature, gen, exclude=last)
+            last, ids_out[:, k], probs_out[:, k] = v, v, p
+            if rec is not None:
+                rec["states"][:, k + 1], rec["memory"][:, k + 1] = model.split(y_new)
+            y = y_new
+            if snap:
+                y[:, :d] = model.token_states(v)
+            continue
+        all_alive = False
         newly = alive & ~ok
         diverged_at[newly] = k
         alive &= ok
         if not alive.any():
             break
         y = torch.where(alive[:, None], y_new, y)  # stopped paths keep their last sane state
-        # A token never follows itself here: real text almost never does (0.06% of HelpSteer's
-        # pairs), while a greedy read-out of a settled path would repeat one token for ever.
         v, p = model.emission.decode(x[alive], temperature, gen, exclude=last[alive])
         last[alive] = v
         ids_out[alive, k], probs_out[alive, k] = v, p
         if rec is not None:
-            _record(model, y_new[alive], t1, alive, k + 1, rec)
+            rec["states"][alive, k + 1], rec["memory"][alive, k + 1] = model.split(y_new[alive])
         if snap:
             y[alive, :d] = model.token_states(v)
     steps.close()
-    recorded = {k: v.cpu() for k, v in rec.items()} if rec is not None else {}
+    recorded = {}
+    if rec is not None:
+        rec["drift"], rec["sigma2"] = _nets_at(model, rec["states"], rec["memory"], times)
+        recorded = {k: v.cpu() for k, v in rec.items()}
     return Paths(prompt_ids=prompt_ids, token_ids=ids_out.cpu(), probs=probs_out.cpu(), times=times.cpu(),
                  diverged=(diverged_at >= 0).cpu(), diverged_at=diverged_at.cpu(),
                  diffusion_scale=float(diffusion_scale), **recorded)
 
 
-def _record(model: TextSDE, y: torch.Tensor, t, rows, k: int, rec: dict[str, torch.Tensor]) -> None:
-    """Store x, h, mu(x, h, t) and sum_d sigma_d^2(x, h, t) of states ``y`` at step ``k``."""
-    x, h = model.split(y)
-    rec["states"][rows, k] = x
-    rec["memory"][rows, k] = h
-    rec["drift"][rows, k] = model.drift(x, h, t)
-    rec["sigma2"][rows, k] = model.sigma(x, h, t).pow(2).sum(-1)
+def _nets_at(model: TextSDE, states: torch.Tensor, memory: torch.Tensor, times: torch.Tensor,
+             chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """mu(x, h, t) (paths, steps + 1, dim) and sum_d sigma_d^2(x, h, t) (paths, steps + 1) at
+    recorded states, NaN where a path had stopped: one batched evaluation of the nets after the
+    run, ``chunk`` rows at a time, instead of a small one per step."""
+    n_paths, n_times, d = states.shape
+    x, h = states.reshape(-1, d), memory.reshape(n_paths * n_times, -1)
+    t = times.repeat(n_paths)
+    drift = torch.full_like(x, math.nan)
+    sigma2 = torch.full((x.shape[0],), math.nan, device=x.device)
+    rows = torch.isfinite(x).all(-1).nonzero().squeeze(-1)
+    for start in range(0, rows.numel(), chunk):
+        r = rows[start:start + chunk]
+        mu, sig = model.drift_and_sigma(x[r], h[r], t[r])
+        drift[r], sigma2[r] = mu, sig.pow(2).sum(-1)
+    return drift.reshape(n_paths, n_times, d), sigma2.reshape(n_paths, n_times)
 
 
 def _sdeint_step(sde: ScaledSDE, y, t0, t1, bm, solver: str, step: float) -> torch.Tensor:

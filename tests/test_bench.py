@@ -1,9 +1,10 @@
-"""The scale benchmark's corpus: copies of the rows under their own prompts, so the split by
-prompt still works on the larger corpus."""
+"""The benchmarks run and print what they claim to (their figures are the benchmark's, never the
+tests'): ``python -m bench --quick`` end to end, the cost sweep, and the scale benchmark's corpus
+(copies of the rows under their own prompts, so the split by prompt still works)."""
 
 import json
 
-from conftest import TINY_CORPUS
+from conftest import ROOT, TINY_CORPUS, needs_shipped_model
 
 from bench.scale import bench_throughput, write_copies
 from sdecore.data import load_corpus, split_by_prompt
@@ -28,44 +29,50 @@ def test_the_throughput_row_runs_on_a_tiny_corpus():
     assert row["table_mb_per_1k_transitions"] > 100 * row["token_ids_mb_per_1k_transitions"]
 
 
-def test_the_sampling_rows_have_their_shape(tiny_model):
-    """A smoke run of the sampling benchmark's rows (tiny sizes; the figures are the bench's,
-    not the tests')."""
-    import torch
-
-    from bench.sampling import bench_big_request, bench_sampling
-
-    gemm, rows = bench_sampling(tiny_model, [1, 3], steps=2, repeat=1, device=torch.device("cpu"))
-    assert set(gemm) == {"1", "3"} and all(v > 0 for v in gemm.values())
-    assert {(r["method"], r["batch"]) for r in rows} == {(m, b) for m in ("em", "torchsde-euler", "torchsde-milstein")
-                                                         for b in (1, 3)}
-    for r in rows:
-        assert set(r) == {"batch", "steps", "method", "path_steps_per_s", "gflop_per_path_step", "roofline_fraction"}
-        assert r["path_steps_per_s"] > 0 and r["gflop_per_path_step"] > 0 and r["roofline_fraction"] > 0
-    big = bench_big_request(paths=8, tokens=2)
-    assert big["paths"] == 8 and big["seconds"] > 0 and big["peak_rss_mb"] > 50
-
-
-def test_the_training_row_counts_its_flops(tiny_model):
-    import torch
-
-    from bench.run import bench_training
-
-    row = bench_training(tiny_model, batch=16, repeat=1, device=torch.device("cpu"))
-    assert row["transitions_per_s"] > 0 and row["gflop_per_step"] > 0 and 0 < row["roofline_fraction"]
-
-
-def test_the_dashboard_row_has_its_shape():
-    """The dashboard benchmark at one slider value: a rerun time, a cold start to the first chart in
-    Chromium and the server's memory (the figures are the benchmark's, not the tests')."""
+@needs_shipped_model
+def test_bench_quick_prints_every_row(tmp_path):
+    """``python -m bench --quick`` end to end on the shipped model, as a user runs it: one JSON
+    object (printed and written with --out) holding every row with its fields. The figures are
+    the benchmark's, never the tests': nothing here is timed."""
     import shutil
+    import subprocess
+    import sys
 
-    import pytest
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert json.loads(out.read_text()) == result
+    batches = {"1", "16", "128", "1024"}
+    assert result["quick"] is True and set(result["gemm_gflops"]) == batches == set(result["gemm_gflops_onednn"])
+    assert all(v > 0 for v in result["gemm_gflops"].values())
+    methods = ("em", "torchsde-euler", "torchsde-milstein")
+    assert {(r["method"], str(r["batch"])) for r in result["sampling"]} == {(m, b) for m in methods for b in batches}
+    for r in result["sampling"]:
+        assert set(r) == {"batch", "steps", "method", "path_steps_per_s", "gflop_per_path_step", "roofline_fraction",
+                          "roofline_fraction_best"}
+        assert r["path_steps_per_s"] > 0 and r["gflop_per_path_step"] > 0
+        assert 0 < r["roofline_fraction_best"] <= r["roofline_fraction"]
+    big = result["big_request"]
+    assert (big["paths"], big["tokens"]) == (4096, 16) and big["seconds"] > 0 and big["peak_rss_mb"] > 50
+    train = result["training"]
+    assert {"transitions_per_s", "roofline_fraction", "roofline_fraction_best"} <= set(train)
+    assert set(result["projection"]) == {"points", "umap_transform_ms", "fast_transform_ms", "speedup",
+                                         "trustworthiness_umap", "trustworthiness_fast"}
+    dash = result["dashboard"]
+    if shutil.which("/usr/bin/chromium"):
+        assert {"rerun_ms_median", "rerun_ms", "cold_start_s", "peak_rss_mb"} <= set(dash)
+        assert dash["rerun_ms_median"] > 0 and dash["cold_start_s"] > 0 and len(dash["rerun_ms"]) == 7
+    else:
+        assert "skipped" in dash
 
-    from bench.dashboard import CHROMIUM, cold_start, rerun_ms
 
-    if not shutil.which(CHROMIUM):
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    row = {**rerun_ms(values=(0.45,)), **cold_start()}
-    assert row["rerun_ms_median"] > 0 and len(row["rerun_ms"]) == 1
-    assert row["cold_start_s"] > 0 and row["peak_rss_mb"] > 50
+def test_the_cost_rows_grow_with_paths_and_tokens(tiny_model):
+    import torch
+
+    from bench.sampling import bench_cost
+
+    cost = bench_cost(tiny_model, torch.device("cpu"), paths=(1, 2), tokens=(2, 3), paths_at=2, tokens_at=2)
+    assert [r["paths"] for r in cost["by_paths"]] == [1, 2] and [r["tokens"] for r in cost["by_tokens"]] == [2, 3]
+    assert all(r["seconds"] > 0 and r["path_steps_per_s"] > 0 for r in cost["by_paths"] + cost["by_tokens"])

@@ -10,6 +10,7 @@ from sdecore.process_setup import configure_threads
 # imports load torch (docs/design.md §6.3).
 configure_threads()
 
+import io  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -260,6 +261,39 @@ def test_fan_chart_quantiles_and_magnitudes():
     drift, diff = shaping.step_magnitudes(res)
     assert drift.shape == (1, 2) and np.allclose(drift, 1.0)  # |mu| dt = 2 * 0.5
     assert np.allclose(diff, 4.0)  # 2 * sqrt(8 * 0.5)
+
+
+def test_generate_charts_are_the_figures_plotly_validates():
+    """The Generate page's charts skip plotly's validation for speed (charts.figure): each must be
+    exactly what a validated figure of the same dicts holds."""
+    import plotly.graph_objects as go
+
+    from dashboard import charts
+
+    rng = np.random.default_rng(0)
+    t, values = np.arange(5.0), rng.random((3, 5))
+    paths_xy = [rng.random((5, 2)) for _ in range(3)]
+    figs = [charts.fan_chart(t, values, values[0], "q", "u", "title"),
+            charts.map_chart(rng.random((6, 2)), list("abcdef"), paths_xy, [list("vwxyz")] * 3, paths_xy[0],
+                             list("vwxyz"), "map"),
+            charts.magnitude_chart(t[:-1], values[:, :-1], values[:, :-1])]
+    for fig in figs:
+        fast = fig.to_dict()
+        checked = go.Figure(fast).to_dict()  # raises on any invalid property
+        assert json.dumps(fast, sort_keys=True, default=str) == json.dumps(checked, sort_keys=True, default=str)
+        assert fast["layout"]["title"]["text"] and fast["layout"]["xaxis"]["title"]["text"]
+
+
+def test_csv_text_reads_back_as_the_rows():
+    from dashboard.shaping import csv_text
+
+    rows = [{"path": 1, "text": 'a, "quoted" text', "p": 0.25, "missing": None, "gone": float("nan"), "ok": True},
+            {"path": 2, "text": "ü", "p": 1e-9, "missing": 3, "gone": 1.5, "ok": False}]
+    back = pd.read_csv(io.StringIO(csv_text(rows)))
+    assert list(back.columns) == list(rows[0])
+    assert back["text"].tolist() == ['a, "quoted" text', "ü"] and back["p"].tolist() == [0.25, 1e-9]
+    assert back["missing"].isna().tolist() == [True, False] and back["gone"].isna().tolist() == [True, False]
+    assert csv_text([]) == ""
 
 
 def test_token_spans_escape_and_glue():

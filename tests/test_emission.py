@@ -2,9 +2,10 @@
 
 import math
 
+import pytest
 import torch
 
-from sdecore.emission import GaussianEmission
+from sdecore.emission import GaussianEmission, row_max_argmax
 
 # 5 tokens in 2-D; id 0 is a special token (outside the support)
 TABLE = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [-3.0, 0.0], [1.0, 1.0]])
@@ -40,13 +41,14 @@ def test_frequent_tokens_follow_the_prior_and_skip_specials():
 def test_decoding_keeps_its_bias_only_while_the_parameters_stay():
     em = emission()
     x = torch.tensor([[0.9, 0.1], [0.1, 1.8], [-2.0, 0.3]])
+    same = torch.testing.assert_close  # the decode's product may run through another kernel
     with torch.no_grad():
-        assert torch.equal(em.state_logits(x), em.logits(x, em.tau2))
+        same(em.state_logits(x), em.logits(x, em.tau2))
         em.log_tau.add_(0.7)  # an optimiser step or a loaded checkpoint changes them in place
         em.prior_weight.mul_(0.2)
-        assert torch.equal(em.state_logits(x), em.logits(x, em.tau2))
+        same(em.state_logits(x), em.logits(x, em.tau2))
         em.load_state_dict({**em.state_dict(), "log_prior": torch.zeros(5)})
-        assert torch.equal(em.state_logits(x), em.logits(x, em.tau2))
+        same(em.state_logits(x), em.logits(x, em.tau2))
 
 
 def test_decoding_in_blocks_gives_the_rows_decoded_at_once():
@@ -59,3 +61,43 @@ def test_decoding_in_blocks_gives_the_rows_decoded_at_once():
     logp = torch.log_softmax(em.state_logits(x).scatter(-1, exclude[:, None], -math.inf), -1)
     assert torch.equal(ids, logp.argmax(-1)) and not (ids == exclude).any()
     torch.testing.assert_close(probs, logp.gather(-1, ids[:, None]).squeeze(-1).exp())
+
+
+@pytest.mark.parametrize("n", [7, 512, 1024, 1500, 30522])
+def test_row_max_argmax_is_max_ties_and_short_last_chunk_included(n):
+    g = torch.Generator().manual_seed(n)
+    logits = torch.randn(40, n, generator=g).round(decimals=1)  # many ties; enough rows for chunks
+    logits[1, -1] = 50.0  # the maximum in the last, short chunk
+    logits[2, :] = 3.0  # every column tied
+    logits[3, n // 2] = logits[3, n - 1] = 60.0  # two chunks holding the maximum
+    logits[4, 0] = float("-inf")
+    top, idx = row_max_argmax(logits)
+    want = logits.max(-1)
+    assert torch.equal(top, want.values) and torch.equal(idx, want.indices)
+
+
+def test_the_decode_product_matches_addmm_with_and_without_onednn(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(3000, 48, generator=g)
+    em = GaussianEmission(table, torch.ones(3000, dtype=torch.bool), tau_init=2.0)
+    x = torch.randn(37, 48, generator=g)
+    with torch.no_grad():
+        want = em.logits(x, em.tau2)
+        fast = em.state_logits(x)
+        monkeypatch.setenv("SDECORE_ONEDNN", "0")
+        em._packed = None  # packed again, now without oneDNN
+        plain = em.state_logits(x)
+    assert em._packed[1] is None
+    torch.testing.assert_close(fast, want, rtol=1e-5, atol=1e-4)
+    assert torch.equal(plain, torch.addmm(em._bias(1.0 / em.tau2), x / em.tau2, em.table_t))
+
+
+def test_nearest_tokens_in_blocks_match_the_brute_force_distance():
+    g = torch.Generator().manual_seed(1)
+    table = torch.randn(2000, 16, generator=g)
+    support = torch.rand(2000, generator=g) > 0.1
+    em = GaussianEmission(table, support)
+    points = torch.randn(50, 16, generator=g)
+    d2 = torch.cdist(points.double(), table.double()).masked_fill(~support, float("inf"))
+    assert torch.equal(em.nearest_tokens(points, block=7), d2.argmin(-1))
+

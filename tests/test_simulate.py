@@ -135,3 +135,42 @@ def test_a_tiny_temperature_samples_like_greedy(tiny_model):
     greedy = _sim(tiny_model, tokens=4)
     tiny = _sim(tiny_model, tokens=4, temperature=1e-30)
     assert torch.equal(greedy.token_ids, tiny.token_ids)
+
+
+def test_the_prompt_state_is_the_teacher_forced_memory_at_its_last_token(tiny_model):
+    model = tiny_model.model
+    for ids in ([2023], [2023, 2003], tiny_model.embedder.encode(PROMPT * 20)):
+        xs = model.token_states(torch.tensor(ids)).unsqueeze(0)
+        want = torch.cat([xs[:, -1], model.teacher_forced_memory(xs)[:, -1]], dim=-1)
+        assert torch.equal(model.prompt_state(ids), want)
+
+
+def test_the_inference_nets_give_the_modules_values(tiny_model, monkeypatch):
+    """Sampling runs the drift and diffusion nets as plain functions (one row) or through oneDNN's
+    packed product (more rows): the modules' own values, exactly and to float rounding."""
+    model = tiny_model.model.eval()
+    g = torch.Generator().manual_seed(0)
+    x, h = torch.randn(5, model.dim, generator=g), torch.randn(5, model.config.memory_dim, generator=g)
+    z = model._features(x, h, torch.tensor(3.0))
+    with torch.no_grad():
+        for name in ("drift_net", "diffusion_net"):
+            net = getattr(model, name)
+            assert torch.equal(model._net(name, z[:1]), net(z[:1]))
+            torch.testing.assert_close(model._net(name, z), net(z), rtol=1e-5, atol=1e-5)
+            monkeypatch.setenv("SDECORE_ONEDNN", "0")
+            assert torch.equal(model._net(name, z), net(z))
+            monkeypatch.delenv("SDECORE_ONEDNN")
+        model._net("drift_net", z)  # packed now
+        model.drift_net[0].bias.add_(1.0)  # a changed parameter repacks
+        torch.testing.assert_close(model._net("drift_net", z), model.drift_net(z), rtol=1e-5, atol=1e-5)
+        model.drift_net[0].bias.sub_(1.0)
+
+
+def test_recorded_drift_and_sigma_are_the_nets_at_the_recorded_states(tiny_model):
+    r = _sim(tiny_model, diffusion_scale=1.5, tokens=5, snap=True, record_states=True)
+    model = tiny_model.model
+    with torch.no_grad():
+        for k in (0, 3, 5):
+            t = r.times[k]
+            torch.testing.assert_close(r.drift[:, k], model.drift(r.states[:, k], r.memory[:, k], t))
+            torch.testing.assert_close(r.sigma2[:, k], model.sigma(r.states[:, k], r.memory[:, k], t).pow(2).sum(-1))

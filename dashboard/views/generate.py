@@ -1,7 +1,6 @@
 """Generate: sample paths from a prompt, their text, and drift against diffusion."""
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 
 from dashboard import charts, compute, session, shaping, token_html
@@ -137,9 +136,9 @@ def path_metrics(i: int, item: dict) -> dict:
             "prompt": prompt, "scale": scale, "solver": solver, "substeps": substeps, "seed": seed, "snap": snap}
 
 
-summary = pd.DataFrame([path_metrics(i, item) for i, item in enumerate(res["texts"])])
+summary = [path_metrics(i, item) for i, item in enumerate(res["texts"])]
 d1, d2, _ = st.columns([1, 1, 3])
-d1.download_button("Paths (CSV)", pd.DataFrame(rows).to_csv(index=False), "paths.csv", "text/csv", on_click="ignore")
-d2.download_button("Metrics (CSV)", summary.to_csv(index=False), "path_metrics.csv", "text/csv", on_click="ignore")
+d1.download_button("Paths (CSV)", shaping.csv_text(rows), "paths.csv", "text/csv", on_click="ignore")
+d2.download_button("Metrics (CSV)", shaping.csv_text(summary), "path_metrics.csv", "text/csv", on_click="ignore")
 st.caption(f"State dimension {dim}; times in tokens (dt = {res['dt']:g} per token); distances in standardised "
            "embedding units (each dimension divided by its spread over the vocabulary).")
