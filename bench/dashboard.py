@@ -5,6 +5,9 @@
   values;
 - ``cold_start_s``: from starting ``streamlit run dashboard/app.py`` to the first Plotly chart
   drawn in headless Chromium (Debian's ``/usr/bin/chromium``, driven by Playwright);
+- ``slider_to_change_ms``: in that browser, from one key press on the diffusion slider to both
+  the continuations' text and the fan chart's title showing the new value (``slider_ms``: each
+  of a few presses, one step of 0.05 each, every value new to the server);
 - ``peak_rss_mb``: the Streamlit server's peak resident memory (``VmHWM``) once that page is up.
 """
 
@@ -42,8 +45,40 @@ def rerun_ms(values=(0.35, 0.55, 0.75, 0.95, 1.15, 1.35, 1.55)) -> dict:
     return {"rerun_ms_median": round(statistics.median(times), 1), "rerun_ms": [round(t, 1) for t in times]}
 
 
-def cold_start(timeout_s: float = 180.0) -> dict:
-    """Seconds from ``streamlit run`` to the first chart in Chromium, and the server's peak RSS."""
+# The continuations' text and the fan chart's title (it names s), as the page shows them now.
+_VIEW_JS = """() => {
+  const text = document.querySelector('.st-key-continuations');
+  const title = document.querySelector('.st-key-fan .gtitle');
+  return [text ? text.innerText : null, title ? title.textContent : null];
+}"""
+
+
+def wait_until_settled(page, timeout_s: float) -> None:
+    """Until the Generate page shows its three charts and no spinner."""
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 3 && "
+                           "!document.querySelector('[data-testid=\"stSpinner\"]')", timeout=timeout_s * 1000)
+
+
+def slider_latencies(page, presses: int = 5, timeout_s: float = 60.0) -> list[float]:
+    """Milliseconds from one ArrowRight on the diffusion slider to the page showing new text and
+    a new fan-chart title, for each of ``presses`` presses (each a value the server has not seen)."""
+    wait_until_settled(page, timeout_s)
+    out = []
+    for _ in range(presses):
+        before = page.evaluate(_VIEW_JS)
+        page.locator('[data-testid="stSlider"] input[type=range]').first.focus()
+        t0 = time.perf_counter()
+        page.keyboard.press("ArrowRight")
+        page.wait_for_function(f"b => {{ const now = ({_VIEW_JS})(); return now[0] !== b[0] && now[1] !== b[1]; }}",
+                               arg=before, timeout=timeout_s * 1000, polling="raf")
+        out.append((time.perf_counter() - t0) * 1000)
+        wait_until_settled(page, timeout_s)
+    return out
+
+
+def cold_start(timeout_s: float = 180.0, presses: int = 5) -> dict:
+    """Seconds from ``streamlit run`` to the first chart in Chromium, the slider's latency in that
+    page, and the server's peak RSS."""
     from playwright.sync_api import sync_playwright
 
     with socket.socket() as s:
@@ -68,8 +103,10 @@ def cold_start(timeout_s: float = 180.0) -> dict:
                     time.sleep(0.1)
             page.wait_for_selector(".js-plotly-plot", timeout=timeout_s * 1000)
             seconds = time.perf_counter() - t0
+            slider = slider_latencies(page, presses, timeout_s)
             browser.close()
-        return {"cold_start_s": round(seconds, 2), "peak_rss_mb": round(vm_hwm_mb(server.pid) or 0.0, 1)}
+        return {"cold_start_s": round(seconds, 2), "slider_to_change_ms": round(statistics.median(slider), 1),
+                "slider_ms": [round(v, 1) for v in slider], "peak_rss_mb": round(vm_hwm_mb(server.pid) or 0.0, 1)}
     finally:
         server.terminate()
         server.wait(15)

@@ -59,7 +59,7 @@ def maps(folder: str, stamp: tuple) -> dict:
 @st.cache_data(show_spinner=False, max_entries=32)
 def generate(folder: str, stamp: tuple, prompt: str, paths: int, tokens: int, scale: float, solver: str,
              substeps: int, seed: int, snap: bool) -> dict:
-    """Sample paths with their states, drift and sigma^2 recorded, decoded text and nearest tokens.
+    """Sample paths with their states, drift and sigma^2 recorded, and their decoded text.
 
     states: (paths, steps + 1, dim) float32; drift_norm, sigma2: (paths, steps + 1), |mu| and sum sigma^2
     at the states; probs, token_ids: (paths, steps). Only the drift's norm is kept, to keep cached
@@ -71,20 +71,31 @@ def generate(folder: str, stamp: tuple, prompt: str, paths: int, tokens: int, sc
                                      diffusion_scale=scale, solver=solver, substeps=substeps, seed=seed,
                                      snap=snap, record_states=True)
         texts = sdecore.path_texts(ck.embedder, res)
-        states = as_float64(res.states)
-        nearest = ck.model.emission.nearest_tokens(res.states.reshape(-1, states.shape[-1]))
-        nearest = nearest.cpu().numpy().reshape(states.shape[:2])
     ids = res.token_ids.numpy()
     return {
         "texts": texts, "token_ids": ids, "probs": res.probs.numpy().astype(np.float64),
         "token_strs": [ck.embedder.tokens([v for v in row if v >= 0]) for row in ids],
-        "nearest": [ck.embedder.tokens([max(int(v), 0) for v in row]) for row in nearest],
-        "nearest_ok": nearest >= 0, "t": as_float64(res.times - res.times[0]), "diverged": res.diverged.numpy(),
-        "diverged_at": res.diverged_at.numpy(), "states": states.astype(np.float32),
+        "t": as_float64(res.times - res.times[0]), "diverged": res.diverged.numpy(),
+        "diverged_at": res.diverged_at.numpy(), "states": res.states.numpy().astype(np.float32),
         "drift_norm": np.linalg.norm(as_float64(res.drift), axis=-1),
         "sigma2": as_float64(res.sigma2), "scale": float(scale), "dt": float(ck.model.config.dt),
         "prompt_tokens": ck.embedder.tokens(res.prompt_ids),
     }
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def nearest_tokens(folder: str, stamp: tuple, prompt: str, paths: int, tokens: int, scale: float, solver: str,
+                   substeps: int, seed: int, snap: bool) -> list[list[str]]:
+    """Per path of :func:`generate` (same arguments), the token nearest to each recorded state
+    ("" where the path had stopped): the map's hover, computed only when the map is drawn."""
+    res = generate(folder, stamp, prompt, paths, tokens, scale, solver, substeps, seed, snap)
+    ck, lock = model(folder, stamp)
+    states = res["states"]
+    with lock:
+        ids = ck.model.emission.nearest_tokens(states.reshape(-1, states.shape[-1])).cpu().numpy()
+    ids = ids.reshape(states.shape[:2])
+    return [[tok if v >= 0 else "" for v, tok in zip(row, ck.embedder.tokens([max(int(v), 0) for v in row]))]
+            for row in ids]
 
 
 # ----------------------------------------------------------------------------- stability
@@ -113,7 +124,10 @@ def lyapunov(folder: str, stamp: tuple, prompt: str, paths: int, tokens: int, sc
     return out
 
 
-SWEEP_SCALES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+# The Stability page's sweep grids: the coarse one spans the slider's useful range, the fine one
+# resolves the critical scale of the shipped model (about 0.4; the coarse grid puts it near 0.2).
+SWEEP_GRIDS = {"coarse: 0 to 6": (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0),
+               "fine: 0 to 1": tuple(round(0.1 * i, 1) for i in range(11))}
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

@@ -72,6 +72,14 @@ def test_generate_page_renders_and_scale_bends_paths(model_env):
     assert chart_specs(at)[0] != specs[0], "moving the diffusion slider must change the fan chart"
     at.slider(key="scale").set_value(1.0).run()
     assert continuations(at) == texts, "the same seed must give the same paths at the same scale"
+    specs = chart_specs(at)
+    at.radio(key="fan_quantity").set_value("map axis 1").run()  # the charts' fragment, on its own control
+    assert_clean(at)
+    assert continuations(at) == texts and n_charts(at) == 3
+    assert chart_specs(at)[0] != specs[0] and chart_specs(at)[2] == specs[2]
+    at.toggle(key="use_pca").set_value(True).run()
+    assert_clean(at)
+    assert json.loads(chart_specs(at)[2])["layout"]["title"]["text"] == "Paths on the PCA of the reference tokens"
 
 
 def test_generate_reads_state_from_query_params(model_env):
@@ -101,6 +109,11 @@ def test_stability_page(model_env):
     at.slider(key="scale").set_value(3.0).run()
     assert_clean(at)
     assert [m.value for m in at.metric] != betas, "the fitted envelope must change with the diffusion scale"
+    sweep = chart_specs(at)[3]
+    at.radio(key="sweep_grid").set_value("fine: 0 to 1").run()  # the sweep's fragment, on its own grid
+    assert_clean(at)
+    assert n_charts(at) == 6 and chart_specs(at)[3] != sweep
+    assert json.loads(chart_specs(at)[3])["data"][0]["x"] != json.loads(sweep)["data"][0]["x"]
 
 
 def test_losses_page_and_text_analysis(model_env):

@@ -114,6 +114,13 @@ def test_dashboard_in_chromium(browser_page, tmp_path, tiny_ckpt):
     _assert_no_exception(page, "Generate")
     page.screenshot(path=str(shots / "generate.png"))
 
+    # One key press on the slider: how long until the text and the fan chart show the new value
+    # (reported, not asserted: a shared machine's timings are not a test's business).
+    from bench.dashboard import slider_latencies
+
+    latencies = slider_latencies(page, presses=3)
+    print("slider key press to new text and chart: " + ", ".join(f"{ms:.0f} ms" for ms in latencies))
+
     # The diffusion slider bends the same paths: the generated text must change.
     before = page.locator(".st-key-continuations").inner_text()
     page.locator('[data-testid="stSlider"] input[type=range]').first.focus()

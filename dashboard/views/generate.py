@@ -77,56 +77,14 @@ with st.container(key="continuations"):
         st.markdown(f"**{i + 1}.** {spans} <span style='color:#777;font-size:0.85em'>({sure})</span>{flag}",
                     unsafe_allow_html=True)
 
-st.subheader("Paths over time")
-m_stored = compute.maps(folder, stamp)
-q1, q2 = st.columns(2)
-quantity = q1.radio("Fan chart quantity", ["distance from the vocabulary mean", "map axis 1"],
-                    horizontal=True, key="fan_quantity")
-use_pca = q2.toggle("Use PCA instead of the stored map", key="use_pca", disabled=m_stored["stored"] is None,
-                    help=m_stored["note"] or "Switch between the checkpoint's reference map and PCA of its tokens.")
-proj = shaping.projection(m_stored, use_pca)
-dim = res["states"].shape[-1]
-flat = shaping.project(proj, res["states"].reshape(-1, res["states"].shape[-1]))
-xy = list(flat.reshape(res["states"].shape[0], -1, 2))
-base_xy = shaping.project(proj, base["states"][0])
-if quantity.startswith("distance"):
-    values, base_values = np.linalg.norm(res["states"], axis=-1), np.linalg.norm(base["states"][0], axis=-1)
-    qname, unit = "|x - vocabulary mean|", charts.UNIT
-else:
-    values, base_values = np.stack([p[:, 0] for p in xy]), base_xy[:, 0]
-    qname, unit = f"{proj['label']} axis 1", "map units"
-left, right = st.columns(2)
-with left:
-    st.plotly_chart(charts.fan_chart(res["t"], values, base_values, qname, unit,
-                                     f"Fan of {len(values)} paths at s = {scale:g}"), key="fan")
-    st.caption("Look for the band widening with s while the dashed drift-only path stays put: diffusion spreads "
-               "the paths around the drift.")
-with right:
-    st.plotly_chart(charts.magnitude_chart(res["t"][:-1], drift_mag, diff_mag), key="magnitudes")
-    st.caption("Where the red curve passes the blue one, noise outweighs the drift's pull and the text starts to "
-               "wander; at s = 0 the red curve is zero.")
 
-st.subheader("Paths on the map")
-if m_stored["note"]:
-    st.caption(f"Note: {m_stored['note']}.")
-if proj.get("quality"):
-    scores = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in proj["quality"].items())
-    st.caption(f"How well the map keeps neighbourhoods (stored with it): {scores}.")
-
-
-def hover(i: int, r: dict) -> list[str]:
+def hover(i: int, r: dict, nearest: list[list[str]]) -> list[str]:
     toks = ["(prompt)"] + r["token_strs"][i]
-    return [f"step {k}: nearest token '{r['nearest'][i][k]}'"
+    return [f"step {k}: nearest token '{nearest[i][k]}'"
             + (f", decoded '{toks[k]}' (p={r['probs'][i][k - 1]:.2f})" if 1 <= k < len(toks) else "")
-            for k in range(len(r["nearest"][i]))]
+            for k in range(len(nearest[i]))]
 
 
-st.plotly_chart(charts.map_chart(proj["ref_xy"], proj["ref_tokens"], xy, [hover(i, res) for i in range(len(xy))],
-                                 base_xy, hover(0, base), proj["label"]), key="map")
-st.caption("Grey dots are frequent tokens; hover a path's point to see the token nearest to it. With snapping on, "
-           "each step starts from the decoded token's embedding.")
-
-rows = charts.paths_frame_rows(res, xy, "map", drift_mag, diff_mag)
 def path_metrics(i: int, item: dict) -> dict:
     ok = res["token_ids"][i] >= 0
     return {"path": i + 1, "text": item["text"], "diverged": item["diverged"],
@@ -136,9 +94,61 @@ def path_metrics(i: int, item: dict) -> dict:
             "prompt": prompt, "scale": scale, "solver": solver, "substeps": substeps, "seed": seed, "snap": snap}
 
 
-summary = [path_metrics(i, item) for i, item in enumerate(res["texts"])]
-d1, d2, _ = st.columns([1, 1, 3])
-d1.download_button("Paths (CSV)", shaping.csv_text(rows), "paths.csv", "text/csv", on_click="ignore")
-d2.download_button("Metrics (CSV)", shaping.csv_text(summary), "path_metrics.csv", "text/csv", on_click="ignore")
-st.caption(f"State dimension {dim}; times in tokens (dt = {res['dt']:g} per token); distances in standardised "
-           "embedding units (each dimension divided by its spread over the vocabulary).")
+@st.fragment
+def path_views() -> None:
+    """The charts, the map and the downloads: a fragment, so that their own controls (the fan
+    chart's quantity, PCA or the stored map) rerun this part alone; the paths are cached."""
+    st.subheader("Paths over time")
+    m_stored = compute.maps(folder, stamp)
+    q1, q2 = st.columns(2)
+    quantity = q1.radio("Fan chart quantity", ["distance from the vocabulary mean", "map axis 1"],
+                        horizontal=True, key="fan_quantity")
+    use_pca = q2.toggle("Use PCA instead of the stored map", key="use_pca", disabled=m_stored["stored"] is None,
+                        help=m_stored["note"] or "Switch between the checkpoint's reference map and PCA of its tokens.")
+    proj = shaping.projection(m_stored, use_pca)
+    dim = res["states"].shape[-1]
+    flat = shaping.project(proj, res["states"].reshape(-1, res["states"].shape[-1]))
+    xy = list(flat.reshape(res["states"].shape[0], -1, 2))
+    base_xy = shaping.project(proj, base["states"][0])
+    if quantity.startswith("distance"):
+        values, base_values = np.linalg.norm(res["states"], axis=-1), np.linalg.norm(base["states"][0], axis=-1)
+        qname, unit = "|x - vocabulary mean|", charts.UNIT
+    else:
+        values, base_values = np.stack([p[:, 0] for p in xy]), base_xy[:, 0]
+        qname, unit = f"{proj['label']} axis 1", "map units"
+    left, right = st.columns(2)
+    with left:
+        st.plotly_chart(charts.fan_chart(res["t"], values, base_values, qname, unit,
+                                         f"Fan of {len(values)} paths at s = {scale:g}"), key="fan")
+        st.caption("Look for the band widening with s while the dashed drift-only path stays put: diffusion spreads "
+                   "the paths around the drift.")
+    with right:
+        st.plotly_chart(charts.magnitude_chart(res["t"][:-1], drift_mag, diff_mag), key="magnitudes")
+        st.caption("Where the red curve passes the blue one, noise outweighs the drift's pull and the text starts to "
+                   "wander; at s = 0 the red curve is zero.")
+
+    st.subheader("Paths on the map")
+    if m_stored["note"]:
+        st.caption(f"Note: {m_stored['note']}.")
+    if proj.get("quality"):
+        scores = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in proj["quality"].items())
+        st.caption(f"How well the map keeps neighbourhoods (stored with it): {scores}.")
+
+    near = compute.nearest_tokens(*args, float(scale), *rest)
+    base_near = compute.nearest_tokens(folder, stamp, prompt, 1, int(tokens), 0.0, *rest)
+    hovers = [hover(i, res, near) for i in range(len(xy))]
+    st.plotly_chart(charts.map_chart(proj["ref_xy"], proj["ref_tokens"], xy, hovers, base_xy, hover(0, base, base_near),
+                                     proj["label"]), key="map")
+    st.caption("Grey dots are frequent tokens; hover a path's point to see the token nearest to it. With snapping on, "
+               "each step starts from the decoded token's embedding.")
+
+    rows = charts.paths_frame_rows(res, xy, "map", drift_mag, diff_mag)
+    summary = [path_metrics(i, item) for i, item in enumerate(res["texts"])]
+    d1, d2, _ = st.columns([1, 1, 3])
+    d1.download_button("Paths (CSV)", shaping.csv_text(rows), "paths.csv", "text/csv", on_click="ignore")
+    d2.download_button("Metrics (CSV)", shaping.csv_text(summary), "path_metrics.csv", "text/csv", on_click="ignore")
+    st.caption(f"State dimension {dim}; times in tokens (dt = {res['dt']:g} per token); distances in standardised "
+               "embedding units (each dimension divided by its spread over the vocabulary).")
+
+
+path_views()

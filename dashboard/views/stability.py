@@ -84,25 +84,33 @@ with right:
     else:
         st.info("Too few steps for an increment autocorrelation: ask for more tokens.")
 
-with sweep_slot:
-    with st.spinner(f"Sweeping {len(compute.SWEEP_SCALES)} diffusion scales (cached afterwards) ..."):
-        sw = compute.sweep(folder, stamp, prompt, compute.SWEEP_SCALES, min(int(paths), 12),
-                           min(int(tokens), 20), int(substeps), int(seed))
+@st.fragment
+def sweep_section(paths: int, tokens: int) -> None:
+    """The scale sweep, the page's slow part: drawn last, and a fragment, so that choosing another
+    grid reruns this section alone (each grid's sweep is cached once computed)."""
+    grid = st.radio("Sweep grid", list(compute.SWEEP_GRIDS), horizontal=True, key="sweep_grid", **bind,
+                    help="The scales the envelope is fitted at; the critical scale is interpolated between them.")
+    scales = compute.SWEEP_GRIDS[grid]
+    with st.spinner(f"Sweeping {len(scales)} diffusion scales (cached afterwards) ..."):
+        sw = compute.sweep(folder, stamp, prompt, scales, paths, tokens, int(substeps), int(seed))
     st.plotly_chart(cs.sweep_chart(sw["scales"], sw["ultimate"], sw["beta"], sw["diverged_share"], sw["radius2"],
                                    sw["critical"], float(scale)), key="sweep")
     crit = (f"critical scale s ≈ {sw['critical']:.2f}" if sw["critical"] is not None
             else "no critical scale in the sweep")
     st.caption(f"Where beta/alpha crosses the vocabulary radius^2 the text goes off the rails: {crit}. "
-               f"Sweep: {min(int(paths), 12)} paths x {min(int(tokens), 20)} tokens per scale, same seed.")
+               f"Sweep: {paths} paths x {tokens} tokens per scale, same seed.")
+    sweep_df = pd.DataFrame({k: sw[k] for k in ("scales", "alpha", "beta", "ultimate", "diverged_share")})
+    sweep_df["radius2"], sweep_df["critical_scale"] = sw["radius2"], sw["critical"]
+    st.download_button("Scale sweep (CSV)", sweep_df.to_csv(index=False), "stability_sweep.csv", "text/csv",
+                       on_click="ignore")
+
+
+with sweep_slot:
+    sweep_section(min(int(paths), 12), min(int(tokens), 20))
 
 n_paths, n_t = ly["V"].shape
 paths_df = pd.DataFrame({"path": np.repeat(np.arange(1, n_paths + 1), n_t), "t": np.tile(ly["t"], n_paths),
                          "V": ly["V"].ravel(), "LV": ly["LV"].ravel(), "quadratic_variation": ly["qv"].ravel(),
                          "integrated_sigma2": ly["isigma2"].ravel()})
-sweep_df = pd.DataFrame({k: sw[k] for k in ("scales", "alpha", "beta", "ultimate", "diverged_share")})
-sweep_df["radius2"], sweep_df["critical_scale"] = sw["radius2"], sw["critical"]
-d = st.columns([1, 1, 3])
-d[0].download_button("V and LV per path (CSV)", paths_df.to_csv(index=False), "lyapunov_paths.csv", "text/csv",
-                     on_click="ignore")
-d[1].download_button("Scale sweep (CSV)", sweep_df.to_csv(index=False), "stability_sweep.csv", "text/csv",
-                     on_click="ignore")
+st.download_button("V and LV per path (CSV)", paths_df.to_csv(index=False), "lyapunov_paths.csv", "text/csv",
+                   on_click="ignore")
