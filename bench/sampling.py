@@ -13,12 +13,13 @@
   (``roofline_fraction_best``).
 - ``cost``: wall time of one run as the paths grow (1 to 4,096) and as the tokens grow (8 to 512).
 - ``big_request``: ``sdecore sample --paths 4096 --tokens 16`` as a user runs it, its wall time
-  and its peak resident memory (``os.wait4``'s ``ru_maxrss`` of that one process).
+  and its peak resident memory (``os.wait4``'s ``ru_maxrss`` of that one process, started from a
+  small helper process: see ``peak_rss_of``).
 """
 
 from __future__ import annotations
 
-import os
+import json
 import subprocess
 import sys
 import tempfile
@@ -152,19 +153,36 @@ def bench_cost(ckpt, device: torch.device, paths=(1, 4, 16, 64, 256, 1024, 4096)
     return {"by_paths": [run(p, tokens_at) for p in paths], "by_tokens": [run(paths_at, t) for t in tokens]}
 
 
+# Runs the command in argv[2:] and writes its exit status and peak RSS (kB) to the file argv[1]. A
+# child's ru_maxrss on Linux starts from its parent's resident size at fork (the high-water mark of
+# the memory it had before exec), so the command is started from this small process, never from the
+# benchmark itself, which holds gigabytes by then.
+_SPAWN = """import json, os, subprocess, sys
+proc = subprocess.Popen(sys.argv[2:], stdout=subprocess.DEVNULL, stderr=sys.stderr)
+_, status, usage = os.wait4(proc.pid, 0)
+json.dump({"status": os.waitstatus_to_exitcode(status), "maxrss_kb": usage.ru_maxrss}, open(sys.argv[1], "w"))
+"""
+
+
+def peak_rss_of(cmd: list[str], cwd: Path) -> tuple[float, float]:
+    """Run ``cmd`` to its end: (seconds, its own peak resident memory in MB). Raises with the end
+    of its stderr when it fails."""
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile() as err:
+        report = Path(tmp) / "rss.json"
+        t0 = time.perf_counter()
+        rc = subprocess.run([sys.executable, "-c", _SPAWN, str(report), *cmd], cwd=cwd, stderr=err).returncode
+        seconds = time.perf_counter() - t0
+        result = json.loads(report.read_text()) if report.is_file() else {"status": rc, "maxrss_kb": 0}
+        if rc != 0 or result["status"] != 0:
+            err.seek(0)
+            tail = err.read().decode(errors="replace")[-500:]
+            raise RuntimeError(f"{' '.join(cmd[:4])} ... failed ({result['status']}): {tail}")
+    return seconds, result["maxrss_kb"] / 1024
+
+
 def bench_big_request(paths: int = 4096, tokens: int = 16, device: str = "cpu") -> dict:
     """``sdecore sample`` of ``paths`` x ``tokens`` in its own process: seconds and peak RSS."""
     cmd = [sys.executable, "-m", "sdecore", "sample", "--prompt", PROMPT, "--paths", str(paths), "--tokens",
-           str(tokens), "--format", "json", "--device", device]
-    with tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)  # this one child's own peak, not the bench's
-        seconds = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            err.seek(0)
-            tail = err.read().decode(errors="replace")[-500:]
-            raise RuntimeError(f"sdecore sample failed ({proc.returncode}): {tail}")
-    return {"paths": paths, "tokens": tokens, "seconds": round(seconds, 2),
-            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+           str(tokens), "--format", "json", "--device", device, "--no-progress"]
+    seconds, peak = peak_rss_of(cmd, ROOT)
+    return {"paths": paths, "tokens": tokens, "seconds": round(seconds, 2), "peak_rss_mb": round(peak, 1)}

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from sdecore import onednn
 from sdecore.emission import GaussianEmission, row_max_argmax
 
 # 5 tokens in 2-D; id 0 is a special token (outside the support)
@@ -85,9 +86,9 @@ def test_the_decode_product_matches_addmm_with_and_without_onednn(monkeypatch):
         want = em.logits(x, em.tau2)
         fast = em.state_logits(x)
         monkeypatch.setenv("SDECORE_ONEDNN", "0")
-        em._packed = None  # packed again, now without oneDNN
+        em._packs.clear()  # packed again, now without oneDNN
         plain = em.state_logits(x)
-    assert em._packed[1] is None
+    assert em._packs == {}
     torch.testing.assert_close(fast, want, rtol=1e-5, atol=1e-4)
     assert torch.equal(plain, torch.addmm(em._bias(1.0 / em.tau2), x / em.tau2, em.table_t))
 
@@ -101,3 +102,30 @@ def test_nearest_tokens_in_blocks_match_the_brute_force_distance():
     d2 = torch.cdist(points.double(), table.double()).masked_fill(~support, float("inf"))
     assert torch.equal(em.nearest_tokens(points, block=7), d2.argmin(-1))
 
+
+
+def test_training_products_through_onednn_give_the_plain_values_and_gradients(monkeypatch):
+    """The logits' products run through oneDNN's packed kernels with gradients too (training on a
+    CPU): the same logits and gradients as torch's own products, to float rounding."""
+    g = torch.Generator().manual_seed(3)
+    table = torch.randn(3000, 48, generator=g)
+    mean, var = torch.randn(40, 48, generator=g), torch.rand(40, 48, generator=g) + 0.5
+    target = torch.randint(0, 3000, (40,), generator=g)
+
+    def run():
+        em = GaussianEmission(table, torch.ones(3000, dtype=torch.bool), tau_init=2.0)
+        m = mean.clone().requires_grad_()
+        shared = em.logits(m, em.tau2)  # one variance for every row
+        per_row = em.logits(m, var)  # a variance per row
+        loss = torch.nn.functional.cross_entropy(per_row, target) + torch.nn.functional.cross_entropy(shared, target)
+        loss.backward()
+        return shared.detach(), per_row.detach(), m.grad, em.log_tau.grad, em.prior_weight.grad, em
+
+    fast = run()
+    if onednn.pack(table) is not None:  # where torch has oneDNN, that path ran
+        assert fast[-1]._packs["table"][1] is not None and fast[-1]._packs["table_t"][1] is not None
+    monkeypatch.setenv("SDECORE_ONEDNN", "0")
+    plain = run()
+    assert plain[-1]._packs == {}
+    for a, b in zip(fast[:-1], plain[:-1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
