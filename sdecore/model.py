@@ -117,11 +117,15 @@ class TextSDE(nn.Module):
         z = self._features(x, h, t)
         return self._mu(z, x), self._sigma(z)
 
-    def _mu(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self._net("drift_net", z).float() - self.gamma * x
+    def _mu(self, z: torch.Tensor | None, x: torch.Tensor, net_out: torch.Tensor | None = None) -> torch.Tensor:
+        """mu from the bounded input ``z``, or from the drift net's output at it when given."""
+        out = self._net("drift_net", z) if net_out is None else net_out
+        return out.float() - self.gamma * x
 
-    def _sigma(self, z: torch.Tensor) -> torch.Tensor:
-        return F.softplus(self._net("diffusion_net", z).float()) + self.config.sigma_min
+    def _sigma(self, z: torch.Tensor | None, net_out: torch.Tensor | None = None) -> torch.Tensor:
+        """sigma from the bounded input ``z``, or from the diffusion net's output at it when given."""
+        out = self._net("diffusion_net", z) if net_out is None else net_out
+        return F.softplus(out.float()) + self.config.sigma_min
 
     def _net(self, name: str, z: torch.Tensor) -> torch.Tensor:
         """The MLP ``name`` at ``z``. For inference (eval mode, no gradients) its layers run as

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torchsde
@@ -129,32 +129,28 @@ def solver_grid(t0: torch.Tensor, t1: torch.Tensor, step: float) -> list[tuple[t
     return grid
 
 
-def em_step(sde, y: torch.Tensor, grid, bm) -> torch.Tensor:
-    """Euler-Maruyama over ``grid``: y <- y + f dt + g dW, one evaluation of the nets per
-    step where the SDE offers ``f_and_g`` (as torchsde's own ``euler`` uses it), ``f`` and
-    ``g`` otherwise; the increments are read from ``bm`` in one batch up front."""
-    if isinstance(sde, ScaledSDE) and isinstance(bm, StateNoise):
-        return _em_text(sde, y, grid, bm.inner)
-    f_and_g = getattr(sde, "f_and_g", None) or (lambda t, y: (sde.f(t, y), sde.g(t, y)))
-    dws = [bm(a, b) for a, b in grid]
-    for (a, b), dw in zip(grid, dws):
-        f, g = f_and_g(a, y)
-        y = y + f * (b - a) + g * dw
-    return y
+@dataclass(frozen=True)
+class SampleRequest:
+    """The settings of one run of :func:`simulate_paths` (its keyword arguments, the prompt first)."""
 
+    prompt: str
+    paths: int = 8
+    tokens: int = 32
+    diffusion_scale: float = 1.0
+    solver: str = "em"
+    substeps: int = 1
+    seed: int = 0
+    snap: bool = True
+    temperature: float = 0.0
+    record_states: bool = False
 
-def _em_text(sde: ScaledSDE, y: torch.Tensor, grid, bm: torchsde.BrownianInterval) -> torch.Tensor:
-    """:func:`em_step` for the text SDE, the noisy x and the noiseless memory updated apart:
-    the same arithmetic as ``y + f dt + g dW`` on the whole state (the memory's ``g dW`` is an
-    exact zero), without building the padded noise or the memory's zero diffusion."""
-    model = sde.model
-    dws = [bm(a, b) for a, b in grid]  # (paths, dim): the x coordinates only
-    for (a, b), dw in zip(grid, dws):
-        x, h = model.split(y)
-        mu, sigma = model.drift_and_sigma(x, h, a)
-        dt = b - a
-        y = torch.cat([x + mu * dt + (sde.scale * sigma) * dw, h + model.memory_rate(x, h) * dt], dim=-1)
-    return y
+    def checked(self) -> SampleRequest:
+        """The same request with every setting checked against its valid range (ValueError)."""
+        return replace(self, paths=check_limit("paths", self.paths), tokens=check_limit("tokens", self.tokens),
+                       diffusion_scale=check_limit("diffusion_scale", self.diffusion_scale),
+                       substeps=check_limit("substeps", self.substeps),
+                       solver=check_choice(self.solver, SOLVERS, "--solver"), seed=check_seed(self.seed),
+                       temperature=check_temperature(self.temperature))
 
 
 @torch.no_grad()
@@ -184,83 +180,190 @@ def simulate_paths(
     bar on stderr counts the tokens of a run that lasts more than two seconds, when stderr is
     a terminal.
     """
-    paths, tokens = check_limit("paths", paths), check_limit("tokens", tokens)
-    diffusion_scale, substeps = check_limit("diffusion_scale", diffusion_scale), check_limit("substeps", substeps)
-    solver, seed = check_choice(solver, SOLVERS, "--solver"), check_seed(seed)
-    temperature = check_temperature(temperature)
-    prompt_ids = check_prompt(embedder, prompt)
+    request = SampleRequest(prompt, paths=paths, tokens=tokens, diffusion_scale=diffusion_scale, solver=solver,
+                            substeps=substeps, seed=seed, snap=snap, temperature=temperature,
+                            record_states=record_states)
+    return simulate_requests(model, embedder, [request], progress=progress)[0]
 
+
+@torch.no_grad()
+def simulate_requests(model: TextSDE, embedder: Embedder, requests: list[SampleRequest], *,
+                      progress: bool = False) -> list[Paths]:
+    """Several runs of :func:`simulate_paths` at once, each giving exactly what it gives alone
+    (docs/design.md §3): the runs advance token by token in lockstep and their matrix products,
+    the nets' and the decode's, go through the same kernel in one batch, which gives every row
+    the value it gets alone (oneDNN's prepacked product does not depend on the other rows); the
+    element-wise work, the Brownian path and the record stay each run's own. A run of one path, or
+    with one path left, keeps its own products (at one row the plain product is used, whose
+    rounding differs); runs at a temperature decode apart, each with its generator. Only ``em``
+    runs can share a batch; another solver runs alone."""
+    requests = [r.checked() for r in requests]
+    if len(requests) > 1 and any(r.solver != "em" for r in requests):
+        raise ValueError("only em runs can be simulated together; run the others one at a time")
     if model.training:
         model.eval()
-    dev = model.emb_mean.device
-    cfg = model.config
-    d = cfg.dim
-    y = model.prompt_state(prompt_ids).expand(paths, -1).clone()
-    t_start = (len(prompt_ids) - 1) * cfg.dt
-    times = torch.tensor([t_start + k * cfg.dt for k in range(tokens + 1)], dtype=torch.float32, device=dev)
-    step = cfg.dt / substeps
-    bm = brownian_path(float(times[0]), float(times[-1]), paths, d, step, seed, dev, state_dim=cfg.state_dim)
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    bound = cfg.divergence_radius * float(model.cloud_radius)
-
-    ids_out = torch.full((paths, tokens), -1, dtype=torch.long, device=dev)
-    probs_out = torch.zeros(paths, tokens, device=dev)
-    rec = None
-    if record_states:  # x and h after each step; mu and sigma^2 at them come after the loop
-        rec = {"states": torch.full((paths, tokens + 1, d), math.nan, device=dev),
-               "memory": torch.full((paths, tokens + 1, cfg.memory_dim), math.nan, device=dev)}
-        rec["states"][:, 0], rec["memory"][:, 0] = model.split(y)
-    alive = torch.ones(paths, dtype=torch.bool, device=dev)
-    all_alive = True  # until a path stops: the common case skips the masked updates
-    last = torch.full((paths,), prompt_ids[-1], dtype=torch.long, device=dev)
-    diverged_at = torch.full((paths,), -1, dtype=torch.long, device=dev)
-
-    sde = ScaledSDE(model, diffusion_scale)
+    runs = [_Run(model, embedder, r) for r in requests]
     from tqdm.auto import tqdm
 
-    steps = tqdm(range(tokens), desc="tokens", unit="tok", leave=False, delay=2.0,
+    steps = tqdm(range(max(r.tokens for r in requests)), desc="tokens", unit="tok", leave=False, delay=2.0,
                  disable=None if progress else True)  # None: only on a terminal
     for k in steps:
-        t0, t1 = times[k], times[k + 1]
-        if solver == "em":
-            y_new = em_step(sde, y, solver_grid(t0, t1, step), bm)
-        else:
-            y_new = _sdeint_step(sde, y, t0, t1, bm, solver, step)
-        x = y_new[:, :d]
-        ok = torch.isfinite(y_new).all(-1) & (x.norm(dim=-1) <= bound)
-        if all_alive and bool(ok.all()):
-            # A token never follows itself here: real text almost never does (0.06% of HelpSteer's
-            # pairs), while a greedy read-out of a settled path would repeat one token for ever.
-            v, p = model.emission.decode(x, temperature, gen, exclude=last)
-            last, ids_out[:, k], probs_out[:, k] = v, v, p
-            if rec is not None:
-                rec["states"][:, k + 1], rec["memory"][:, k + 1] = model.split(y_new)
-            y = y_new
-            if snap:
-                y[:, :d] = model.token_states(v)
-            continue
-        all_alive = False
-        newly = alive & ~ok
-        diverged_at[newly] = k
-        alive &= ok
-        if not alive.any():
+        active = [run for run in runs if not run.done and k < run.req.tokens]
+        if not active:
             break
-        y = torch.where(alive[:, None], y_new, y)  # stopped paths keep their last sane state
-        v, p = model.emission.decode(x[alive], temperature, gen, exclude=last[alive])
-        last[alive] = v
-        ids_out[alive, k], probs_out[alive, k] = v, p
-        if rec is not None:
-            rec["states"][alive, k + 1], rec["memory"][alive, k + 1] = model.split(y_new[alive])
-        if snap:
-            y[alive, :d] = model.token_states(v)
+        if active[0].req.solver == "em":
+            _em_lockstep(model, active, k)
+        else:
+            (run,) = active
+            run.y_new = _sdeint_step(run.sde, run.y, run.times[k], run.times[k + 1], run.bm, run.req.solver, run.step)
+        decode = [run for run in active if run.check(k)]
+        shared = [run for run in decode if run.req.temperature == 0 and run.decode_rows().shape[0] >= 2]
+        if shared:
+            rows = [run.decode_rows() for run in shared]
+            v, p = model.emission.decode(torch.cat(rows), 0.0, None,
+                                         exclude=torch.cat([run.decode_exclude() for run in shared]))
+            for run, v_r, p_r in zip(shared, v.split([len(r) for r in rows]), p.split([len(r) for r in rows])):
+                run.finish_step(k, v_r, p_r)
+        for run in decode:
+            if run not in shared:
+                v, p = model.emission.decode(run.decode_rows(), run.req.temperature, run.gen,
+                                             exclude=run.decode_exclude())
+                run.finish_step(k, v, p)
     steps.close()
-    recorded = {}
-    if rec is not None:
-        rec["drift"], rec["sigma2"] = _nets_at(model, rec["states"], rec["memory"], times)
-        recorded = {k: v.cpu() for k, v in rec.items()}
-    return Paths(prompt_ids=prompt_ids, token_ids=ids_out.cpu(), probs=probs_out.cpu(), times=times.cpu(),
-                 diverged=(diverged_at >= 0).cpu(), diverged_at=diverged_at.cpu(),
-                 diffusion_scale=float(diffusion_scale), **recorded)
+    return [run.result() for run in runs]
+
+
+def _em_lockstep(model: TextSDE, runs: list[_Run], k: int) -> None:
+    """One token step of Euler-Maruyama for every run, ``y <- y + f dt + g dW`` on each run's own
+    state and grid (torchsde's, :func:`solver_grid`), its increments read from its own Brownian
+    path up front. The noisy x and the noiseless memory are updated apart: the same arithmetic as
+    on the whole state, whose memory part of ``g dW`` is an exact zero, without building the padded
+    noise or the memory's zero diffusion. The nets are evaluated once for all runs of two paths or
+    more (:func:`_net_outputs`)."""
+    grids = [solver_grid(run.times[k], run.times[k + 1], run.step) for run in runs]
+    noise = [run.bm.inner if isinstance(run.bm, StateNoise) else run.bm for run in runs]  # x's coordinates
+    dws = [[bm(a, b) for a, b in grid] for bm, grid in zip(noise, grids)]
+    ys = [run.y for run in runs]
+    for j in range(max(len(g) for g in grids)):
+        part = [i for i, g in enumerate(grids) if j < len(g)]
+        splits = [model.split(ys[i]) for i in part]
+        zs = [model._features(x, h, grids[i][j][0]) for i, (x, h) in zip(part, splits)]
+        outs = _net_outputs(model, zs, [runs[i].req.paths for i in part])
+        for i, (x, h), (drift_out, diff_out) in zip(part, splits, outs):
+            a, b = grids[i][j]
+            mu, sigma = model._mu(None, x, drift_out), model._sigma(None, diff_out)
+            dt = b - a
+            ys[i] = torch.cat([x + mu * dt + (runs[i].sde.scale * sigma) * dws[i][j],
+                               h + model.memory_rate(x, h) * dt], dim=-1)
+    for run, y in zip(runs, ys):
+        run.y_new = y
+
+
+def _net_outputs(model: TextSDE, zs: list[torch.Tensor], paths: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The drift and diffusion nets' outputs at each run's bounded inputs: one evaluation for all the
+    runs of two paths or more together, one each for runs of a single path."""
+    out: list = [None] * len(zs)
+    multi = [i for i, n in enumerate(paths) if n >= 2]
+    if multi:
+        z = torch.cat([zs[i] for i in multi]) if len(multi) > 1 else zs[multi[0]]
+        sizes = [zs[i].shape[0] for i in multi]
+        drift = model._net("drift_net", z).split(sizes)
+        diff = model._net("diffusion_net", z).split(sizes)
+        for i, d_out, s_out in zip(multi, drift, diff):
+            out[i] = (d_out, s_out)
+    for i, n in enumerate(paths):
+        if n < 2:
+            out[i] = (model._net("drift_net", zs[i]), model._net("diffusion_net", zs[i]))
+    return out
+
+
+class _Run:
+    """One request's run: its state, Brownian path, decoded tokens and record, token by token."""
+
+    def __init__(self, model: TextSDE, embedder: Embedder, req: SampleRequest):
+        self.model, self.req = model, req
+        self.prompt_ids = check_prompt(embedder, req.prompt)
+        dev = model.emb_mean.device
+        cfg = model.config
+        self.d, paths, tokens = cfg.dim, req.paths, req.tokens
+        self.y = model.prompt_state(self.prompt_ids).expand(paths, -1).clone()
+        t_start = (len(self.prompt_ids) - 1) * cfg.dt
+        self.times = torch.tensor([t_start + k * cfg.dt for k in range(tokens + 1)], dtype=torch.float32,
+                                  device=dev)
+        self.step = cfg.dt / req.substeps
+        self.bm = brownian_path(float(self.times[0]), float(self.times[-1]), paths, self.d, self.step, req.seed,
+                                dev, state_dim=cfg.state_dim)
+        self.gen = torch.Generator(device=dev).manual_seed(req.seed)
+        self.bound = cfg.divergence_radius * float(model.cloud_radius)
+        self.ids_out = torch.full((paths, tokens), -1, dtype=torch.long, device=dev)
+        self.probs_out = torch.zeros(paths, tokens, device=dev)
+        self.rec = None
+        if req.record_states:  # x and h after each step; mu and sigma^2 at them come after the loop
+            self.rec = {"states": torch.full((paths, tokens + 1, self.d), math.nan, device=dev),
+                        "memory": torch.full((paths, tokens + 1, cfg.memory_dim), math.nan, device=dev)}
+            self.rec["states"][:, 0], self.rec["memory"][:, 0] = model.split(self.y)
+        self.alive = torch.ones(paths, dtype=torch.bool, device=dev)
+        self.all_alive = True  # until a path stops: the common case skips the masked updates
+        self.last = torch.full((paths,), self.prompt_ids[-1], dtype=torch.long, device=dev)
+        self.diverged_at = torch.full((paths,), -1, dtype=torch.long, device=dev)
+        self.sde = ScaledSDE(model, req.diffusion_scale)
+        self.done = False
+        self.y_new: torch.Tensor | None = None
+
+    def check(self, k: int) -> bool:
+        """After step ``k``'s integration (``y_new``): stop the paths that left the cloud or became
+        non-finite; False when none is left (the run is done)."""
+        x = self.y_new[:, :self.d]
+        ok = torch.isfinite(self.y_new).all(-1) & (x.norm(dim=-1) <= self.bound)
+        if self.all_alive and bool(ok.all()):
+            return True
+        self.all_alive = False
+        newly = self.alive & ~ok
+        self.diverged_at[newly] = k
+        self.alive &= ok
+        if not self.alive.any():
+            self.done = True
+            return False
+        self.y = torch.where(self.alive[:, None], self.y_new, self.y)  # stopped paths keep their last sane state
+        return True
+
+    def decode_rows(self) -> torch.Tensor:
+        x = self.y_new[:, :self.d]
+        return x if self.all_alive else x[self.alive]
+
+    def decode_exclude(self) -> torch.Tensor:
+        # A token never follows itself here: real text almost never does (0.06% of HelpSteer's
+        # pairs), while a greedy read-out of a settled path would repeat one token for ever.
+        return self.last if self.all_alive else self.last[self.alive]
+
+    def finish_step(self, k: int, v: torch.Tensor, p: torch.Tensor) -> None:
+        """Record step ``k``'s decoded tokens ``v`` and probabilities ``p``, then snap."""
+        model, rec = self.model, self.rec
+        if self.all_alive:
+            self.last, self.ids_out[:, k], self.probs_out[:, k] = v, v, p
+            if rec is not None:
+                rec["states"][:, k + 1], rec["memory"][:, k + 1] = model.split(self.y_new)
+            self.y = self.y_new
+            if self.req.snap:
+                self.y[:, :self.d] = model.token_states(v)
+            return
+        alive = self.alive
+        self.last[alive] = v
+        self.ids_out[alive, k], self.probs_out[alive, k] = v, p
+        if rec is not None:
+            rec["states"][alive, k + 1], rec["memory"][alive, k + 1] = model.split(self.y_new[alive])
+        if self.req.snap:
+            self.y[alive, :self.d] = model.token_states(v)
+
+    def result(self) -> Paths:
+        recorded = {}
+        if self.rec is not None:
+            self.rec["drift"], self.rec["sigma2"] = _nets_at(self.model, self.rec["states"], self.rec["memory"],
+                                                             self.times)
+            recorded = {k: v.cpu() for k, v in self.rec.items()}
+        return Paths(prompt_ids=self.prompt_ids, token_ids=self.ids_out.cpu(), probs=self.probs_out.cpu(),
+                     times=self.times.cpu(), diverged=(self.diverged_at >= 0).cpu(),
+                     diverged_at=self.diverged_at.cpu(), diffusion_scale=float(self.req.diffusion_scale), **recorded)
 
 
 def _nets_at(model: TextSDE, states: torch.Tensor, memory: torch.Tensor, times: torch.Tensor,

@@ -174,3 +174,44 @@ def test_recorded_drift_and_sigma_are_the_nets_at_the_recorded_states(tiny_model
             t = r.times[k]
             torch.testing.assert_close(r.drift[:, k], model.drift(r.states[:, k], r.memory[:, k], t))
             torch.testing.assert_close(r.sigma2[:, k], model.sigma(r.states[:, k], r.memory[:, k], t).pow(2).sum(-1))
+
+
+def _same_paths(a, b) -> None:
+    assert torch.equal(a.token_ids, b.token_ids) and torch.equal(a.diverged_at, b.diverged_at)
+    torch.testing.assert_close(a.probs, b.probs, rtol=1e-6, atol=1e-7)
+    for name in ("states", "memory", "drift", "sigma2"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert (x is None) == (y is None)
+        if x is not None:
+            assert torch.equal(torch.nan_to_num(x, nan=7.0), torch.nan_to_num(y, nan=7.0)), name
+
+
+def test_runs_simulated_together_give_what_each_gives_alone(tiny_model):
+    """Requests of every shape in one lockstep batch: prompts, path counts (one included), lengths,
+    scales, seeds, substeps, snapping, a temperature and a run whose paths diverge."""
+    from sdecore.simulate import SampleRequest, simulate_requests
+
+    reqs = [SampleRequest(PROMPT, paths=4, tokens=8, diffusion_scale=1.0, seed=3, record_states=True),
+            SampleRequest("Why is the sky blue at noon?", paths=1, tokens=5, diffusion_scale=0.5, seed=1),
+            SampleRequest("hi", paths=3, tokens=12, diffusion_scale=2.0, seed=9, snap=False, record_states=True),
+            SampleRequest(PROMPT, paths=6, tokens=6, diffusion_scale=0.0, seed=4, substeps=2),
+            SampleRequest("Tell me a story.", paths=2, tokens=7, diffusion_scale=1.5, seed=5, temperature=0.7),
+            SampleRequest(PROMPT, paths=5, tokens=10, diffusion_scale=10.0, seed=6, snap=False, substeps=3)]
+    together = simulate_requests(tiny_model.model, tiny_model.embedder, reqs)
+    alone = [simulate_requests(tiny_model.model, tiny_model.embedder, [r])[0] for r in reqs]
+    for got, want in zip(together, alone):
+        _same_paths(got, want)
+    assert together[-1].diverged.any(), "the scale-10 unsnapped run should lose paths"
+    single = simulate_paths(tiny_model.model, tiny_model.embedder, PROMPT, paths=4, tokens=8, diffusion_scale=1.0,
+                            seed=3, record_states=True)
+    _same_paths(together[0], single)
+
+
+def test_only_em_runs_share_a_batch(tiny_model):
+    from sdecore.simulate import SampleRequest, simulate_requests
+
+    with pytest.raises(ValueError, match="only em runs"):
+        simulate_requests(tiny_model.model, tiny_model.embedder,
+                          [SampleRequest(PROMPT, solver="euler"), SampleRequest(PROMPT)])
+    with pytest.raises(ValueError, match="paths"):
+        simulate_requests(tiny_model.model, tiny_model.embedder, [SampleRequest(PROMPT, paths=0)])

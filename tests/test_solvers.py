@@ -1,5 +1,6 @@
-"""The engine's solvers against known answers: Ornstein-Uhlenbeck moments, the strong
-order of Euler-Maruyama, and em == torchsde's euler on the same Brownian path."""
+"""The engine's grid and Brownian path against known answers: Euler-Maruyama on them gives
+Ornstein-Uhlenbeck's moments and the strong order one half, and equals torchsde's euler on the
+same Brownian path (the text model's own em against euler is in test_simulate.py)."""
 
 import math
 
@@ -8,7 +9,15 @@ import pytest
 import torch
 import torchsde
 
-from sdecore.simulate import brownian_path, em_step, solver_grid
+from sdecore.simulate import brownian_path, solver_grid
+
+
+def em_step(sde, y, grid, bm):
+    """Euler-Maruyama, y <- y + f dt + g dW, over the engine's grid and Brownian path: the update
+    the sampler makes (sdecore.simulate._em_lockstep), written for any torchsde-style SDE."""
+    for a, b in grid:
+        y = y + sde.f(a, y) * (b - a) + sde.g(a, y) * bm(a, b)
+    return y
 
 
 class OU:
