@@ -54,12 +54,13 @@ def _free_port() -> int:
 
 
 @contextmanager
-def dashboard_server(env: dict | None = None):
+def dashboard_server(env: dict | None = None, nice: int = 0):
     """A fresh ``streamlit run dashboard/app.py`` on a free port; yields its base URL."""
     import os
 
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true",
+    prefix = ["nice", "-n", str(nice)] if nice else []
+    proc = subprocess.Popen([*prefix, sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true",
                              "--server.port", str(port), "--server.address", "127.0.0.1",
                              "--browser.gatherUsageStats", "false"], cwd=ROOT, env={**os.environ, **(env or {})},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -175,6 +176,7 @@ def run(n: int, presses: int = 1, timeout_s: float = 300.0, env: dict | None = N
     with dashboard_server(env) as url:
         want = asyncio.run(alone(url, seeds, presses, timeout_s))
     mismatched = [s for s, a, b in zip(seeds, got["texts"], want) if a != b]
+    differences = [{"seed": s, "crowd": a, "alone": b} for s, a, b in zip(seeds, got["texts"], want) if a != b]
     return {"sessions": n, "presses": presses,
             "first_text_s": [round(v, 2) for v in got["first"]],
             "median_first_text_s": round(statistics.median(got["first"]), 2),
@@ -182,7 +184,8 @@ def run(n: int, presses: int = 1, timeout_s: float = 300.0, env: dict | None = N
             "slider_s": [round(v, 2) for v in got["slider"]],
             "median_slider_s": round(statistics.median(got["slider"]), 2) if got["slider"] else None,
             "p95_slider_s": round(p95(got["slider"]), 2) if got["slider"] else None,
-            "identical": not mismatched, "mismatched_seeds": mismatched, "exceptions": got["exceptions"]}
+            "identical": not mismatched, "mismatched_seeds": mismatched, "differences": differences,
+            "exceptions": got["exceptions"]}
 
 
 def main(argv=None) -> None:

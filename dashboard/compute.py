@@ -1,9 +1,11 @@
 """The engine calls behind the pages, cached.
 
 The model's maps are a resource (one copy per process, `st.cache_resource`); every result
-is data keyed by its inputs (`st.cache_data`), so moving a widget back and forth reuses
-earlier work. Each function takes the model folder and a stamp of its files' modification
-times (:func:`dashboard.session.folder_stamp`), so a folder rewritten on disk is reloaded.
+is data keyed by its inputs (`st.cache_data`), so moving a widget back and forth, or a second
+session asking the same, reuses earlier work. The engine's work runs on the model's worker
+(:mod:`dashboard.serving`), which batches the sessions' simulations. Each function takes the
+model folder and a stamp of its files' modification times (:func:`dashboard.session.folder_stamp`),
+so a folder rewritten on disk is reloaded.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import sdecore
 from sdecore import analysis, processes
 from sdecore.metrics import as_float64
 from sdecore.refmap import PCAMap, load_reference_map
+from sdecore.simulate import SampleRequest
 
+from .serving import BACKGROUND, INTERACTIVE
 from .session import N_REFERENCE, model
 
 
@@ -65,12 +69,10 @@ def generate(folder: str, stamp: tuple, prompt: str, paths: int, tokens: int, sc
     at the states; probs, token_ids: (paths, steps). Only the drift's norm is kept, to keep cached
     entries small (64 paths x 128 tokens of states is 12 MB).
     """
-    ck, lock = model(folder, stamp)
-    with lock:
-        res = sdecore.simulate_paths(ck.model, ck.embedder, prompt, paths=paths, tokens=tokens,
-                                     diffusion_scale=scale, solver=solver, substeps=substeps, seed=seed,
-                                     snap=snap, record_states=True)
-        texts = sdecore.path_texts(ck.embedder, res)
+    ck, worker = model(folder, stamp)
+    (res,) = worker.simulate([SampleRequest(prompt, paths=paths, tokens=tokens, diffusion_scale=scale, solver=solver,
+                                            substeps=substeps, seed=seed, snap=snap, record_states=True)])
+    texts = sdecore.path_texts(ck.embedder, res)
     ids = res.token_ids.numpy()
     return {
         "texts": texts, "token_ids": ids, "probs": res.probs.numpy().astype(np.float64),
@@ -89,10 +91,10 @@ def nearest_tokens(folder: str, stamp: tuple, prompt: str, paths: int, tokens: i
     """Per path of :func:`generate` (same arguments), the token nearest to each recorded state
     ("" where the path had stopped): the map's hover, computed only when the map is drawn."""
     res = generate(folder, stamp, prompt, paths, tokens, scale, solver, substeps, seed, snap)
-    ck, lock = model(folder, stamp)
+    ck, worker = model(folder, stamp)
     states = res["states"]
-    with lock:
-        ids = ck.model.emission.nearest_tokens(states.reshape(-1, states.shape[-1])).cpu().numpy()
+    ids = worker.call(lambda c: c.model.emission.nearest_tokens(states.reshape(-1, states.shape[-1])).cpu().numpy(),
+                      INTERACTIVE)
     ids = ids.reshape(states.shape[:2])
     return [[tok if v >= 0 else "" for v, tok in zip(row, ck.embedder.tokens([max(int(v), 0) for v in row]))]
             for row in ids]
@@ -103,13 +105,11 @@ def nearest_tokens(folder: str, stamp: tuple, prompt: str, paths: int, tokens: i
 def lyapunov(folder: str, stamp: tuple, prompt: str, paths: int, tokens: int, scale: float, substeps: int,
              seed: int) -> dict:
     """V, LV and the fitted envelope on unsnapped paths, with quadratic variation and autocorrelation."""
-    ck, lock = model(folder, stamp)
-    with lock:
-        res = sdecore.simulate_paths(ck.model, ck.embedder, prompt, paths=paths, tokens=tokens,
-                                     diffusion_scale=scale, substeps=substeps, seed=seed, snap=False,
-                                     record_states=True)
-        curves = analysis.lyapunov_curves(ck.model, res)
-        r2 = analysis.vocabulary_radius2(ck.model)
+    ck, worker = model(folder, stamp)
+    (res,) = worker.simulate([SampleRequest(prompt, paths=paths, tokens=tokens, diffusion_scale=scale,
+                                            substeps=substeps, seed=seed, snap=False, record_states=True)],
+                             BACKGROUND)
+    curves, r2 = worker.call(lambda c: (analysis.lyapunov_curves(c.model, res), analysis.vocabulary_radius2(c.model)))
     x = res.states.numpy()
     dt = float(ck.model.config.dt)
     out = {"t": curves.t, "V": curves.V, "LV": curves.LV, "alpha": curves.envelope.alpha,
@@ -137,10 +137,9 @@ def sweep(folder: str, stamp: tuple, prompt: str, scales: tuple, paths: int, tok
 
     The bound describes the SDE, so the unsnapped paths are integrated with ``substeps``
     solver steps per token; the same seed (the same Brownian path) is used at every scale."""
-    ck, lock = model(folder, stamp)
-    with lock:
-        sw = analysis.stability_sweep(ck.model, ck.embedder, prompt, scales, paths=paths, tokens=tokens, seed=seed,
-                                      substeps=substeps)
+    _, worker = model(folder, stamp)
+    sw = worker.call(lambda c: analysis.stability_sweep(c.model, c.embedder, prompt, scales, paths=paths, tokens=tokens,
+                                                        seed=seed, substeps=substeps))
     return {"scales": sw.scales, "alpha": sw.alpha, "beta": sw.beta, "ultimate": sw.ultimate,
             "diverged_share": sw.diverged_share, "radius2": sw.radius2, "critical": sw.critical}
 
@@ -149,8 +148,7 @@ def sweep(folder: str, stamp: tuple, prompt: str, scales: tuple, paths: int, tok
 @st.cache_data(show_spinner=False, max_entries=32)
 def trajectory(folder: str, stamp: tuple, text: str) -> dict:
     """A real text's path, the drift's one-step and free-running predictions, per-token losses."""
-    ck, lock = model(folder, stamp)
-    with lock:
-        tr = analysis.text_trajectory(ck.model, ck.embedder, text, max_tokens=256)
+    _, worker = model(folder, stamp)
+    tr = worker.call(lambda c: analysis.text_trajectory(c.model, c.embedder, text, max_tokens=256), INTERACTIVE)
     return {"tokens": tr.tokens, "states": tr.states, "one_step": tr.one_step, "free_run": tr.free_run,
             "drift_loss": tr.drift_loss, "diffusion_loss": tr.diffusion_loss, "nll": tr.nll, "sigma": tr.sigma}

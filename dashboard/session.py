@@ -8,7 +8,6 @@ retrained model) is reloaded.
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 
 import streamlit as st
@@ -16,6 +15,8 @@ import streamlit as st
 import sdecore
 from sdecore import limits
 from sdecore.runtime import resolve_device
+
+from .serving import ModelWorker
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_CREDIT = sdecore.DATA_CREDIT
@@ -57,15 +58,15 @@ def folder_stamp(folder: Path) -> tuple:
 
 # ----------------------------------------------------------------------------- checkpoint
 @st.cache_resource(show_spinner="Loading the model ...", max_entries=4)
-def _load(folder: str, stamp: tuple) -> tuple[sdecore.Checkpoint, threading.Lock]:
-    # The lock serialises heavy compute on one model across sessions (each session runs in
-    # its own thread): on a 2-core CPU two simulations at once only compete for the cores,
-    # both finishing no sooner than one after the other.
-    return sdecore.load_checkpoint(folder, device=resolve_device("auto")), threading.Lock()
+def _load(folder: str, stamp: tuple) -> tuple[sdecore.Checkpoint, ModelWorker]:
+    # Every engine call on the model goes through its worker (dashboard/serving.py): the sessions'
+    # simulations are batched there, and no two computations compete for the cores.
+    ck = sdecore.load_checkpoint(folder, device=resolve_device("auto"))
+    return ck, ModelWorker(ck)
 
 
-def model(folder: str, stamp: tuple) -> tuple[sdecore.Checkpoint, threading.Lock]:
-    """The checkpoint in ``folder`` and the lock to hold while computing with it."""
+def model(folder: str, stamp: tuple) -> tuple[sdecore.Checkpoint, ModelWorker]:
+    """The checkpoint in ``folder`` and the worker that runs the engine's work on it."""
     return _load(folder, stamp)
 
 

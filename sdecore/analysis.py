@@ -17,7 +17,7 @@ import torch
 from .embedding import Embedder
 from .metrics import gaussian_nll
 from .model import TextSDE
-from .simulate import Paths, simulate_paths
+from .simulate import Paths, SampleRequest, simulate_requests
 from .stability import Envelope, cloud_radius2, critical_scale, fit_envelope, lyapunov_bound, lyapunov_LV, lyapunov_V
 
 
@@ -114,12 +114,17 @@ def stability_sweep(model: TextSDE, embedder: Embedder, prompt: str, scales, *, 
                     seed: int = 0, solver: str = "em", substeps: int = 1) -> ScaleSweep:
     """Fit ``LV <= -alpha V + beta`` on continuous (unsnapped) paths at each scale.
 
-    The same seed, hence the same Brownian path, is used at every scale."""
+    The same seed, hence the same Brownian path, is used at every scale. With ``em`` the scales'
+    runs are simulated together (:func:`sdecore.simulate.simulate_requests`, each run as alone)."""
     scales = np.asarray(sorted(float(s) for s in scales))
+    requests = [SampleRequest(prompt, paths=paths, tokens=tokens, diffusion_scale=float(s), seed=seed, solver=solver,
+                              substeps=substeps, snap=False, record_states=True) for s in scales]
+    if solver == "em":
+        runs = simulate_requests(model, embedder, requests)
+    else:
+        runs = [simulate_requests(model, embedder, [r])[0] for r in requests]
     alpha, beta, div = [], [], []
-    for s in scales:
-        res = simulate_paths(model, embedder, prompt, paths=paths, tokens=tokens, diffusion_scale=float(s),
-                             seed=seed, solver=solver, substeps=substeps, snap=False, record_states=True)
+    for res in runs:
         env = lyapunov_curves(model, res).envelope
         alpha.append(env.alpha)
         beta.append(env.beta)

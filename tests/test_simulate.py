@@ -215,3 +215,12 @@ def test_only_em_runs_share_a_batch(tiny_model):
                           [SampleRequest(PROMPT, solver="euler"), SampleRequest(PROMPT)])
     with pytest.raises(ValueError, match="paths"):
         simulate_requests(tiny_model.model, tiny_model.embedder, [SampleRequest(PROMPT, paths=0)])
+
+
+@pytest.mark.parametrize("solver", ["em", "euler", "srk"])
+def test_at_scale_zero_every_seed_gives_the_same_path(tiny_model, solver):
+    """The dashboard shares one drift-only run across seeds: at s = 0 the noise is multiplied by
+    zero, exactly."""
+    a = _sim(tiny_model, diffusion_scale=0.0, paths=1, seed=0, solver=solver, record_states=True)
+    b = _sim(tiny_model, diffusion_scale=0.0, paths=1, seed=12345, solver=solver, record_states=True)
+    _same_paths(a, b)

@@ -48,7 +48,9 @@ rest = (solver, int(substeps), int(seed), bool(snap))
 try:
     with st.spinner("Simulating paths ..."):
         res = compute.generate(*args, float(scale), *rest)
-        base = compute.generate(folder, stamp, prompt, 1, int(tokens), 0.0, *rest)
+        # At s = 0 the noise is multiplied by zero, so every seed gives this same path: seed 0 keys
+        # it, and the whole class shares one drift-only run per prompt.
+        base = compute.generate(folder, stamp, prompt, 1, int(tokens), 0.0, solver, int(substeps), 0, bool(snap))
 except ValueError as exc:
     st.error(f"Cannot generate: {exc}")
     st.stop()
@@ -135,7 +137,8 @@ def path_views() -> None:
         st.caption(f"How well the map keeps neighbourhoods (stored with it): {scores}.")
 
     near = compute.nearest_tokens(*args, float(scale), *rest)
-    base_near = compute.nearest_tokens(folder, stamp, prompt, 1, int(tokens), 0.0, *rest)
+    base_near = compute.nearest_tokens(folder, stamp, prompt, 1, int(tokens), 0.0, solver, int(substeps), 0,
+                                       bool(snap))
     hovers = [hover(i, res, near) for i in range(len(xy))]
     st.plotly_chart(charts.map_chart(proj["ref_xy"], proj["ref_tokens"], xy, hovers, base_xy, hover(0, base, base_near),
                                      proj["label"]), key="map")
