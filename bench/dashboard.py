@@ -54,9 +54,10 @@ _VIEW_JS = """() => {
 
 
 def wait_until_settled(page, timeout_s: float) -> None:
-    """Until the Generate page shows its three charts and no spinner."""
-    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 3 && "
-                           "!document.querySelector('[data-testid=\"stSpinner\"]')", timeout=timeout_s * 1000)
+    """Until the Generate page's script has finished and the page shows its three charts."""
+    from bench.classroom import SETTLED_JS
+
+    page.wait_for_function(SETTLED_JS, timeout=timeout_s * 1000)
 
 
 def slider_latencies(page, presses: int = 5, timeout_s: float = 60.0) -> list[float]:
