@@ -1,12 +1,22 @@
-"""Models trained from the Train page: the training launcher and the folders it writes."""
+"""Models trained from the Train page: the training launcher, its queue and the folders it writes.
+
+A server runs ``SDECORE_TRAIN_SLOTS`` trainings at a time (default 1: on a small server a second
+one only halves the speed of both and of every session's simulations); the others wait their
+turn in arrival order, and their pages show their place in the queue. Each run gets a folder of
+its own, and the folders are kept within ``SDECORE_RUNS_QUOTA_MB`` (default 500 MB) by removing the
+oldest first (docs/design.md §7).
+"""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +34,134 @@ def runs_dir() -> Path:
     return Path(env).expanduser() if env else Path(__file__).resolve().parent.parent / "runs" / "dashboard"
 
 
+def _setting(name: str, default: float, minimum: float) -> float:
+    """A number from the environment, or ``default`` when unset; one line naming it when invalid."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+    if not value >= minimum:
+        raise ValueError(f"{name}={raw!r} must be at least {minimum:g}")
+    return value
+
+
+def train_slots() -> int:
+    """How many Train-page runs a server runs at once: `SDECORE_TRAIN_SLOTS`, default 1."""
+    return int(_setting("SDECORE_TRAIN_SLOTS", 1, 1))
+
+
+def runs_quota_mb() -> float:
+    """The disk the Train page's folders may take together: `SDECORE_RUNS_QUOTA_MB`, default 500."""
+    return _setting("SDECORE_RUNS_QUOTA_MB", 500.0, 1.0)
+
+
+class TrainingQueue:
+    """First come, first served slots for trainings, shared by every session of the server."""
+
+    def __init__(self, slots: int):
+        self.slots = slots
+        self._cond = threading.Condition()
+        self._running = 0
+        self._waiting: list[object] = []
+
+    def ahead_of(self, ticket: object) -> int:
+        """How many runs are queued before ``ticket``."""
+        with self._cond:
+            return self._waiting.index(ticket) if ticket in self._waiting else 0
+
+    @contextmanager
+    def slot(self, on_wait: Callable[[int], None] | None = None, poll_s: float = 0.5) -> Iterator[None]:
+        """Hold a training slot for the ``with`` block, waiting for one first; while waiting,
+        ``on_wait(place)`` is called every ``poll_s`` with the place in the queue (1 = next). A run
+        that stops waiting (its page rerun, an error) leaves the queue."""
+        ticket = object()
+        with self._cond:
+            self._waiting.append(ticket)
+        started = False
+        try:
+            while True:
+                with self._cond:
+                    if self._running < self.slots and self._waiting[0] is ticket:
+                        self._waiting.pop(0)
+                        self._running += 1
+                        started = True
+                        break
+                    place = self._waiting.index(ticket) + 1
+                if on_wait is not None:
+                    on_wait(place)
+                with self._cond:
+                    self._cond.wait(poll_s)
+            yield
+        finally:
+            with self._cond:
+                if started:
+                    self._running -= 1
+                elif ticket in self._waiting:
+                    self._waiting.remove(ticket)
+                self._cond.notify_all()
+
+
+_QUEUE_LOCK = threading.Lock()
+_QUEUES: dict[int, TrainingQueue] = {}
+
+
+def training_queue() -> TrainingQueue:
+    """The server's training queue (one per process, sized by :func:`train_slots`)."""
+    slots = train_slots()
+    with _QUEUE_LOCK:
+        return _QUEUES.setdefault(slots, TrainingQueue(slots))
+
+
+def new_run_folder(name: str) -> Path:
+    """A folder of its own for a run on the corpus ``name``: its stem, the time, and a random
+    suffix, so that two sessions training the same file in the same second never share one."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(name).stem)[:40] or "corpus"
+    root = runs_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-", dir=root))
+
+
+def _size_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
+
+
+_IN_USE: set[Path] = set()  # folders some session has made its active model (never removed by the quota)
+
+
+def mark_in_use(folder: str | Path) -> None:
+    """Note that a session shows ``folder``: :func:`enforce_quota` leaves it alone."""
+    with _QUEUE_LOCK:
+        _IN_USE.add(Path(folder).resolve())
+
+
+def enforce_quota(keep: set[Path] = frozenset(), quota_mb: float | None = None) -> list[Path]:
+    """Remove the oldest run folders until they fit in ``quota_mb`` (``SDECORE_RUNS_QUOTA_MB``),
+    never one named in ``keep`` or in use by a session (:func:`mark_in_use`); returns the folders
+    removed."""
+    quota = runs_quota_mb() if quota_mb is None else quota_mb
+    root = runs_dir()
+    if not root.is_dir():
+        return []
+    with _QUEUE_LOCK:
+        keep = {Path(k).resolve() for k in keep} | _IN_USE
+    folders = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                     key=lambda p: p.stat().st_mtime)
+    sizes = {p: _size_mb(p) for p in folders}
+    total, removed = sum(sizes.values()), []
+    for p in folders:
+        if total <= quota:
+            break
+        if p.resolve() in keep:
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        total -= sizes[p]
+        removed.append(p)
+    return removed
+
+
 def train_frame(frame: pd.DataFrame, name: str, epochs: int, hidden: int, batch_size: int,
                 on_epoch: Callable[[dict], None] | None = None, out: Path | None = None,
                 report: bool = False) -> tuple[Path, dict]:
@@ -35,7 +173,18 @@ def train_frame(frame: pd.DataFrame, name: str, epochs: int, hidden: int, batch_
     The corpus is written to a temporary file that is removed afterwards: the model folder
     keeps only the checkpoint (its reference map stores token ids, not corpus text)."""
     stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(name).stem)[:40] or "corpus"
-    out = out or runs_dir() / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    fresh = out is None
+    out = out or new_run_folder(name)
+    try:
+        return out, _train(frame, stem, out, epochs, hidden, batch_size, on_epoch, report)
+    except BaseException:
+        if fresh and not (out / "weights.safetensors").is_file():
+            shutil.rmtree(out, ignore_errors=True)  # a failed run leaves no folder behind
+        raise
+
+
+def _train(frame: pd.DataFrame, stem: str, out: Path, epochs: int, hidden: int, batch_size: int,
+           on_epoch: Callable[[dict], None] | None, report: bool) -> dict:
     model_cfg = sdecore.ModelConfig(drift_hidden=hidden, diffusion_hidden=max(16, hidden // 2))
     train_cfg = sdecore.TrainConfig(epochs=epochs, batch_size=batch_size, map="pca")
     device = str(resolve_device("auto"))
@@ -43,10 +192,10 @@ def train_frame(frame: pd.DataFrame, name: str, epochs: int, hidden: int, batch_
         path = Path(tmp) / f"{stem}.jsonl"
         frame.to_json(path, orient="records", lines=True, force_ascii=False)
         history = sdecore.train_model(path, out, model_cfg, train_cfg, device=device, progress=False,
-                                      on_epoch=on_epoch, overwrite=True)
+                                      on_epoch=on_epoch, overwrite=(Path(out) / "weights.safetensors").is_file())
         if report:
             write_report(out, path, embedder=None)  # the same rows, hence the same validation split
-    return out, history
+    return history
 
 
 def trained_models() -> list[Path]:

@@ -96,3 +96,91 @@ def test_a_failing_job_leaves_the_worker_running(tiny_model):
     with pytest.raises(RuntimeError, match="boom"):
         worker.call(lambda c: (_ for _ in ()).throw(RuntimeError("boom")))
     assert worker.call(lambda c: c.model.dim) == tiny_model.model.dim
+
+
+# ----------------------------------------------------------------------------- the Train page's runs
+def test_trainings_wait_their_turn_and_see_their_place():
+    from dashboard.runs import TrainingQueue
+
+    queue = TrainingQueue(slots=1)
+    order, places = [], {}
+    release = threading.Event()
+
+    def first():
+        with queue.slot():
+            order.append("first")
+            release.wait(30)
+
+    def later(name):
+        seen = []
+        with queue.slot(on_wait=seen.append, poll_s=0.01):
+            order.append(name)
+        places[name] = seen
+
+    t1 = threading.Thread(target=first)
+    t1.start()
+    while not order:
+        threading.Event().wait(0.01)
+    t2 = threading.Thread(target=later, args=("second",))
+    t2.start()
+    while not queue._waiting:
+        threading.Event().wait(0.01)
+    t3 = threading.Thread(target=later, args=("third",))
+    t3.start()
+    while len(queue._waiting) < 2:
+        threading.Event().wait(0.01)
+    release.set()
+    for t in (t1, t2, t3):
+        t.join(30)
+    assert order == ["first", "second", "third"]
+    assert places["second"][0] == 1 and places["third"][0] == 2  # next, then one ahead
+
+
+def test_a_run_that_stops_waiting_leaves_the_queue():
+    from dashboard.runs import TrainingQueue
+
+    queue = TrainingQueue(slots=1)
+    with queue.slot():
+        with pytest.raises(RuntimeError):
+            with queue.slot(on_wait=lambda place: (_ for _ in ()).throw(RuntimeError("page rerun")), poll_s=0.01):
+                pass
+        assert queue._waiting == []
+    with queue.slot():  # the slot is free again
+        pass
+
+
+def test_run_folders_are_unique_and_kept_within_the_quota(tmp_path, monkeypatch):
+    import os
+
+    from dashboard import runs
+
+    monkeypatch.setenv("SDECORE_RUNS", str(tmp_path))
+    folders = [runs.new_run_folder("my corpus.csv") for _ in range(5)]
+    assert len(set(folders)) == 5 and all(f.name.startswith("my_corpus-") for f in folders)
+    for i, f in enumerate(folders):
+        (f / "weights.safetensors").write_bytes(b"x" * 2**20)  # 1 MB each, the oldest first
+        os.utime(f, (1000 + i, 1000 + i))
+    runs.mark_in_use(folders[1])
+    removed = runs.enforce_quota(keep={folders[0]}, quota_mb=3.5)
+    assert removed == [folders[2], folders[3]]  # oldest first, skipping the kept and the one in use
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f.name for f in (folders[0], folders[1], folders[4]))
+    monkeypatch.setenv("SDECORE_RUNS_QUOTA_MB", "zero")
+    with pytest.raises(ValueError, match="SDECORE_RUNS_QUOTA_MB"):
+        runs.runs_quota_mb()
+
+
+def test_a_failed_training_leaves_no_folder(tmp_path, monkeypatch):
+    import pandas as pd
+
+    import sdecore
+    from dashboard import runs
+
+    monkeypatch.setenv("SDECORE_RUNS", str(tmp_path))
+
+    def fail(*args, **kwargs):
+        raise ValueError("the corpus is too small")
+
+    monkeypatch.setattr(sdecore, "train_model", fail)
+    with pytest.raises(ValueError, match="too small"):
+        runs.train_frame(pd.DataFrame({"prompt": ["a", "b"], "response": ["x", "y"]}), "c.csv", 1, 16, 64)
+    assert list(tmp_path.iterdir()) == []

@@ -50,12 +50,24 @@ if frame is not None:
             rows = pd.DataFrame(shaping.history_rows({"epochs": records}), columns=["epoch", "split", "loss", "value"])
             live.plotly_chart(cl.history_chart(rows))
 
+        def on_wait(place: int) -> None:
+            ahead = place - 1
+            bar.progress(0.0, text=f"Waiting for the trainer: {ahead} run(s) ahead of yours" if ahead else
+                         "Waiting for the trainer: yours is next")
+
         try:
-            out, history = runs.train_frame(frame, upload.name, int(epochs), runs.MODEL_SIZES[size], int(batch),
-                                            on_epoch, report=bool(report))
+            with runs.training_queue().slot(on_wait):
+                bar.progress(0.0, text="Preparing: tokenising the corpus ...")
+                out, history = runs.train_frame(frame, upload.name, int(epochs), runs.MODEL_SIZES[size], int(batch),
+                                                on_epoch, report=bool(report))
+            runs.mark_in_use(out)
+            removed = runs.enforce_quota(keep={out})
         except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
             st.error(f"Training failed: {exc}")
         else:
+            if removed:
+                st.session_state["quota_note"] = (f"Removed {len(removed)} older run folder(s) to keep within "
+                                                  f"{runs.runs_quota_mb():g} MB.")
             st.session_state["active_model"] = str(out)
             st.session_state["active_name"] = upload.name
             st.session_state["last_training"] = {"folder": str(out), "history": history, "name": upload.name}
@@ -73,6 +85,8 @@ if last:
     st.caption("Validation losses (dashed) below the dotted references mean the model learned more than a zero drift "
                "and a constant sigma.")
     st.success(f"Saved to `{last['folder']}` and active now: open **Generate** to explore it.")
+    if st.session_state.get("quota_note"):
+        st.caption(st.session_state["quota_note"])
     st.page_link("views/generate.py", label="Go to Generate", icon=":material/timeline:")
 
 previous = runs.trained_models()
@@ -81,6 +95,7 @@ if previous:
     names = [p.name for p in previous]
     pick = st.selectbox("Reopen a model trained in this dashboard", names, key="reopen")
     if st.button("Make it the active model", key="reopen_go"):
+        runs.mark_in_use(previous[names.index(pick)])
         st.session_state["active_model"] = str(previous[names.index(pick)])
         st.session_state["active_name"] = pick
         st.rerun()
