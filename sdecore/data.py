@@ -28,16 +28,18 @@ LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 _OFFLINE_LOCK = threading.Lock()  # offline mode is process-wide: one offline load at a time
 
 
-def load_corpus(src: str | Path, max_rows: int | None = None) -> pd.DataFrame:
+def load_corpus(src: str | Path, max_rows: int | None = None, max_bytes: int | None = None) -> pd.DataFrame:
     """Rows of a corpus as a DataFrame with at least ``prompt`` and ``response``.
 
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for an unreadable
-    one or missing columns.
+    one or missing columns. With ``max_bytes`` a local file is refused (ValueError) once the rows
+    read from it take more memory than that, a chunk of rows at a time: a small compressed file
+    cannot expand into gigabytes.
     """
     src_str = str(src)
     path = Path(src_str).expanduser()
     if path.suffix.lower() in LOCAL_SUFFIXES or path.exists():
-        df = _read_local(path)
+        df = _read_local(path, max_rows, max_bytes)
     elif src_str.count("/") == 1 and not src_str.startswith((".", "/", "~")):
         df = _read_hub(src_str, max_rows)
     else:
@@ -45,7 +47,7 @@ def load_corpus(src: str | Path, max_rows: int | None = None) -> pd.DataFrame:
                                 "or a Hugging Face dataset name such as nvidia/HelpSteer")
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
-        found = ", ".join(map(str, df.columns))
+        found = ", ".join(map(str, df.attrs.get("columns", df.columns)))
         raise ValueError(f"corpus {src_str!r} lacks column(s) {', '.join(missing)}; it needs "
                          f"{', '.join(REQUIRED_COLUMNS)} (HelpSteer's columns); found: {found}")
     df = _usable(df)
@@ -65,26 +67,73 @@ def _usable(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _read_local(path: Path) -> pd.DataFrame:
+_KEPT = REQUIRED_COLUMNS + SCORE_COLUMNS
+_CHUNK_ROWS = 2048
+
+
+def _read_local(path: Path, max_rows: int | None = None, max_bytes: int | None = None) -> pd.DataFrame:
+    """A local file's rows, only HelpSteer's columns kept (the frame's ``attrs["columns"]`` lists
+    every column the file has), and with ``max_rows`` only as many chunks of rows as give that
+    many usable ones: a big CSV, JSON-lines or parquet file is not read beyond what is needed."""
     if not path.is_file():
         raise FileNotFoundError(f"corpus file {path} does not exist")
     suffix = path.suffix.lower()
     try:
         if suffix == ".jsonl":
-            return pd.read_json(path, lines=True)
+            return _first_usable(pd.read_json(path, lines=True, chunksize=_CHUNK_ROWS), max_rows, None, max_bytes)
         if suffix == ".json":
             try:
-                return pd.read_json(path)
+                return _first_usable([pd.read_json(path)], max_rows, None, max_bytes)
             except ValueError:
-                return pd.read_json(path, lines=True)
+                return _first_usable(pd.read_json(path, lines=True, chunksize=_CHUNK_ROWS), max_rows, None, max_bytes)
         if suffix == ".csv":
-            return pd.read_csv(path)
+            header = list(pd.read_csv(path, nrows=0).columns)
+            chunks = pd.read_csv(path, usecols=lambda c: c in _KEPT, chunksize=_CHUNK_ROWS)
+            return _first_usable(chunks, max_rows, header, max_bytes)
         if suffix == ".parquet":
-            return pd.read_parquet(path)
+            import pyarrow.parquet as pq
+
+            pf = pq.ParquetFile(path)
+            names = pf.schema_arrow.names
+            size = _CHUNK_ROWS if max_bytes is None else 64  # small batches: a budget is checked per batch
+            kept = [c for c in names if c in _KEPT]
+            batches = (b.to_pandas() for b in pf.iter_batches(batch_size=size, columns=kept))
+            return _first_usable(batches, max_rows, names, max_bytes)
+    except _TooBig as exc:
+        raise ValueError(f"corpus {path} is refused: {exc}") from None
     except Exception as exc:  # pandas raises many types for malformed files
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise ValueError(f"cannot read corpus {path}: {type(exc).__name__}: {first}") from exc
     raise ValueError(f"corpus {path} has unsupported type {suffix!r}; use {', '.join(LOCAL_SUFFIXES)}")
+
+
+class _TooBig(ValueError):
+    """A file's rows outgrew the reading budget."""
+
+
+def _first_usable(chunks, max_rows: int | None, columns: list | None = None,
+                  max_bytes: int | None = None) -> pd.DataFrame:
+    """Chunks of a file's rows until ``max_rows`` usable ones (all of them without a limit), with
+    only HelpSteer's columns; ``attrs["columns"]`` holds every column of the file. Past
+    ``max_bytes`` of rows in memory, ValueError."""
+    frames, usable, held, found = [], 0, 0, list(columns) if columns is not None else None
+    for chunk in chunks:
+        if not isinstance(chunk, pd.DataFrame):
+            raise ValueError(f"the file holds {type(chunk).__name__}, not rows with columns")
+        if found is None:
+            found = list(chunk.columns)
+        frames.append(chunk[[c for c in chunk.columns if c in _KEPT]])
+        if max_bytes is not None:
+            held += int(frames[-1].memory_usage(deep=True).sum())
+            if held > max_bytes:
+                raise _TooBig(f"its rows expand beyond {max_bytes / 2**20:,.0f} MB in memory")
+        if max_rows is not None and set(REQUIRED_COLUMNS) <= set(chunk.columns):
+            usable += len(_usable(chunk))
+            if usable >= max_rows:
+                break
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    df.attrs["columns"] = [str(c) for c in (found or [])]
+    return df
 
 
 def _read_hub(name: str, max_rows: int | None = None) -> pd.DataFrame:
