@@ -288,18 +288,25 @@ def main(argv: list[str] | None = None) -> int:
         for line in (fold.summary() if fold is not None else []):
             print(line, file=sys.stderr)
 
+    # Under torchrun every rank runs the same checks on the same input and fails alike: only rank 0
+    # prints such an error, so a failed job shows one line, not one per process run together. A
+    # failure of a rank's own (a file its node cannot write) names the rank.
+    rank = int(os.environ.get("RANK", "0") or 0)
     try:
         code = handler(args)
         summary()
         return code
     except (ValueError, FileNotFoundError, MissingExtra) as exc:
-        summary()
-        msg = " ".join(str(exc).split())
-        print(f"sdecore {args.command}: error: {msg}", file=sys.stderr)
+        if rank == 0:
+            summary()
+            msg = " ".join(str(exc).split())
+            print(f"sdecore {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except OSError as exc:  # a path the user named cannot be read or written (permissions, a full disk, ...)
         summary()
-        print(f"sdecore {args.command}: error: {exc.strerror or exc} ({exc.filename or 'a file'})", file=sys.stderr)
+        where = f" on rank {rank}" if rank else ""
+        print(f"sdecore {args.command}: error{where}: {exc.strerror or exc} ({exc.filename or 'a file'})",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         summary()
