@@ -5,7 +5,7 @@
 
 Two panels from ``cost``: seconds of one ``em`` run against the number of paths (1 to 4,096, at
 16 tokens) and against the number of tokens (8 to 512, at 16 paths), both on log axes, with the
-slope of a least-squares line through the log-log points (cost ~ n^slope). The figure is a Plotly
+log-log slope (cost ~ n^slope), for the paths of the first and the last three points apart. The figure is a Plotly
 chart rendered to PNG in headless Chromium (Debian's ``/usr/bin/chromium``, through Playwright),
 the same browser the dashboard's tests use.
 """
@@ -27,6 +27,15 @@ def loglog_slope(n: list[float], seconds: list[float]) -> float:
     return float(np.polyfit(np.log(n), np.log(seconds), 1)[0])
 
 
+def growth(n: list[float], seconds: list[float]) -> str:
+    """How the cost grows: the log-log slope of all the points or, with six or more, of the first
+    and of the last three."""
+    if len(n) < 6:
+        return f"slope {loglog_slope(n, seconds):.2f}"
+    low, high = loglog_slope(n[:3], seconds[:3]), loglog_slope(n[-3:], seconds[-3:])
+    return f"slope {low:.2f} up to {n[2]:g}, {high:.2f} from {n[-3]:g}"
+
+
 def cost_figure(cost: dict, machine: str):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -35,20 +44,20 @@ def cost_figure(cost: dict, machine: str):
     titles = []
     for key, field, _ in panels:
         rows = cost[key]
-        slope = loglog_slope([r[field] for r in rows], [r["seconds"] for r in rows])
-        titles.append(f"Seconds against {field}: grows like {field}^{slope:.2f}")
+        titles.append(f"Seconds against {field} ({growth([r[field] for r in rows], [r['seconds'] for r in rows])})")
     fig = make_subplots(rows=1, cols=2, subplot_titles=titles, horizontal_spacing=0.12)
     for col, (key, field, axis) in enumerate(panels, start=1):
         rows = cost[key]
         x, y = [r[field] for r in rows], [r["seconds"] for r in rows]
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers+text", text=[f"{v:.2g} s" for v in y],
-                                 textposition="top left", marker={"size": 8, "color": "#1f6f8b"},
+                                 textposition=["bottom right"] * (len(x) - 1) + ["middle left"],
+                                 marker={"size": 8, "color": "#1f6f8b"},
                                  line={"width": 2.5, "color": "#1f6f8b"}, showlegend=False), row=1, col=col)
         fig.update_xaxes(type="log", title_text=axis, row=1, col=col, tickvals=x, showline=True, linecolor="#ccd3da")
-        fig.update_yaxes(type="log", title_text="seconds for one run (log)", row=1, col=col, showline=True,
-                         linecolor="#ccd3da")
-    fig.update_layout(template="plotly_white", width=1100, height=460, margin={"l": 70, "r": 30, "t": 90, "b": 60},
-                      title={"text": f"Cost of sampling with em (simulate_paths), {machine}", "x": 0.0,
+        fig.update_yaxes(type="log", title_text="seconds for one run (log)", row=1, col=col, dtick=1,
+                         showline=True, linecolor="#ccd3da")
+    fig.update_layout(template="plotly_white", width=1100, height=470, margin={"l": 80, "r": 40, "t": 100, "b": 60},
+                      title={"text": f"Cost of sampling with em (simulate_paths), {machine}", "x": 0.01,
                              "xanchor": "left", "font": {"size": 16}})
     return fig
 

@@ -141,7 +141,7 @@ def main(argv=None) -> None:
     from bench import sampling
 
     batches = [1, 16, 128, 1024] + ([] if q else [4096])
-    result.update(sampling.bench_sampling(ckpt, batches, steps=8 if q else 16, repeat=1 if q else 3, device=dev))
+    result.update(sampling.bench_sampling(ckpt, batches, steps=8 if q else 16, repeat=2 if q else 3, device=dev))
     result["big_request"] = sampling.bench_big_request(device=str(dev))
     if not q:
         result["cost"] = sampling.bench_cost(ckpt, dev)

@@ -131,7 +131,9 @@ def bench_sampling(ckpt, batches, steps: int, repeat: int, device: torch.device)
     per_step = flops_per_path_step(ckpt, "em")
     for method, solver in METHODS.items():
         for b in batches:
-            s = best_time(lambda b=b, solver=solver: _simulate(ckpt, b, steps, solver), device, repeat, min_s=0.0)
+            # each round repeats a short run until it has taken 0.3 s: a one-path run of 8 tokens
+            # (40 ms) timed once moves by 20% between rounds on a shared machine
+            s = best_time(lambda b=b, solver=solver: _simulate(ckpt, b, steps, solver), device, repeat, min_s=0.3)
             rate = b * steps / s
             achieved = per_step * rate / 1e9
             best = max(gemm[str(b)], onednn[str(b)] or 0.0)

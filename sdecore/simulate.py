@@ -203,10 +203,11 @@ def simulate_requests(model: TextSDE, embedder: Embedder, requests: list[SampleR
     if model.training:
         model.eval()
     runs = [_Run(model, embedder, r) for r in requests]
-    from tqdm.auto import tqdm
+    steps = range(max(r.tokens for r in requests))
+    if progress:
+        from tqdm.auto import tqdm
 
-    steps = tqdm(range(max(r.tokens for r in requests)), desc="tokens", unit="tok", leave=False, delay=2.0,
-                 disable=None if progress else True)  # None: only on a terminal
+        steps = tqdm(steps, desc="tokens", unit="tok", leave=False, delay=2.0, disable=None)  # None: a terminal only
     for k in steps:
         active = [run for run in runs if not run.done and k < run.req.tokens]
         if not active:
@@ -229,7 +230,8 @@ def simulate_requests(model: TextSDE, embedder: Embedder, requests: list[SampleR
                 v, p = model.emission.decode(run.decode_rows(), run.req.temperature, run.gen,
                                              exclude=run.decode_exclude())
                 run.finish_step(k, v, p)
-    steps.close()
+    if progress:
+        steps.close()
     return [run.result() for run in runs]
 
 
