@@ -53,7 +53,9 @@ def sidebar() -> None:
         if st.session_state.get("active_model"):
             st.success(f"Active: the model trained on the Train page ({st.session_state.get('active_name', '')})")
             if st.button("Back to the default model", key="reset_model"):
-                st.session_state.pop("active_model", None)
+                from dashboard import runs  # here: it brings pandas and the evaluation code
+
+                runs.activate(st.session_state, None)
                 st.rerun()
         if ck is None:
             st.error(err)

@@ -58,6 +58,18 @@ def runs_quota_mb() -> float:
     return _setting("SDECORE_RUNS_QUOTA_MB", 500.0, 1.0)
 
 
+def activate(session_state, folder: str | Path | None, name: str = "") -> None:
+    """Make ``folder`` the session's active model (None: back to the default), moving the
+    session's use from the folder it showed before (:func:`use`)."""
+    previous = session_state.get("active_model")
+    if folder is not None:
+        use(folder)
+        session_state["active_model"], session_state["active_name"] = str(folder), name
+    else:
+        session_state.pop("active_model", None)
+    release(previous)
+
+
 class TrainingQueue:
     """First come, first served slots for trainings, shared by every session of the server."""
 
@@ -66,11 +78,6 @@ class TrainingQueue:
         self._cond = threading.Condition()
         self._running = 0
         self._waiting: list[object] = []
-
-    def ahead_of(self, ticket: object) -> int:
-        """How many runs are queued before ``ticket``."""
-        with self._cond:
-            return self._waiting.index(ticket) if ticket in self._waiting else 0
 
     @contextmanager
     def slot(self, on_wait: Callable[[int], None] | None = None, poll_s: float = 0.5) -> Iterator[None]:
@@ -117,49 +124,81 @@ def training_queue() -> TrainingQueue:
 
 def new_run_folder(name: str) -> Path:
     """A folder of its own for a run on the corpus ``name``: its stem, the time, and a random
-    suffix, so that two sessions training the same file in the same second never share one."""
+    suffix, so that two sessions training the same file in the same second never share one. It
+    is in use (:func:`use`) from the start, so the quota never removes a run being written."""
     stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(name).stem)[:40] or "corpus"
     root = runs_dir()
     root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-", dir=root))
+    folder = Path(tempfile.mkdtemp(prefix=f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-", dir=root))
+    use(folder)
+    return folder
 
 
 def _size_mb(folder: Path) -> float:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
+    total = 0
+    for p in folder.rglob("*"):
+        try:
+            total += p.stat().st_size if p.is_file() else 0
+        except OSError:  # renamed or removed meanwhile (an atomic write, another session's quota)
+            pass
+    return total / 2**20
 
 
-_IN_USE: set[Path] = set()  # folders some session has made its active model (never removed by the quota)
+# Folders in use, with how many uses: a run being written, a model some session shows. A session
+# that ends without switching away keeps its use, which only keeps a folder longer.
+_IN_USE: dict[Path, int] = {}
+_QUOTA_LOCK = threading.Lock()
 
 
-def mark_in_use(folder: str | Path) -> None:
-    """Note that a session shows ``folder``: :func:`enforce_quota` leaves it alone."""
+def use(folder: str | Path) -> None:
+    """One more use of ``folder``: :func:`enforce_quota` leaves it alone until it is released."""
     with _QUEUE_LOCK:
-        _IN_USE.add(Path(folder).resolve())
+        key = Path(folder).resolve()
+        _IN_USE[key] = _IN_USE.get(key, 0) + 1
+
+
+def release(folder: str | Path | None) -> None:
+    """One use of ``folder`` fewer (nothing for None or a folder not in use)."""
+    if folder is None:
+        return
+    with _QUEUE_LOCK:
+        key = Path(folder).resolve()
+        if _IN_USE.get(key, 0) > 1:
+            _IN_USE[key] -= 1
+        else:
+            _IN_USE.pop(key, None)
 
 
 def enforce_quota(keep: set[Path] = frozenset(), quota_mb: float | None = None) -> list[Path]:
     """Remove the oldest run folders until they fit in ``quota_mb`` (``SDECORE_RUNS_QUOTA_MB``),
-    never one named in ``keep`` or in use by a session (:func:`mark_in_use`); returns the folders
-    removed."""
+    never one named in ``keep`` or in use (:func:`use`); returns the folders removed. One pass at a
+    time per server; folders that vanish meanwhile are skipped."""
     quota = runs_quota_mb() if quota_mb is None else quota_mb
     root = runs_dir()
     if not root.is_dir():
         return []
-    with _QUEUE_LOCK:
-        keep = {Path(k).resolve() for k in keep} | _IN_USE
-    folders = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                     key=lambda p: p.stat().st_mtime)
-    sizes = {p: _size_mb(p) for p in folders}
-    total, removed = sum(sizes.values()), []
-    for p in folders:
-        if total <= quota:
-            break
-        if p.resolve() in keep:
-            continue
-        shutil.rmtree(p, ignore_errors=True)
-        total -= sizes[p]
-        removed.append(p)
-    return removed
+    with _QUOTA_LOCK:
+        with _QUEUE_LOCK:
+            keep = {Path(k).resolve() for k in keep} | set(_IN_USE)
+        folders = []
+        for p in root.iterdir():
+            try:
+                if p.is_dir() and not p.name.startswith("."):
+                    folders.append((p.stat().st_mtime, p))
+            except OSError:
+                continue
+        folders = [p for _, p in sorted(folders)]
+        sizes = {p: _size_mb(p) for p in folders}
+        total, removed = sum(sizes.values()), []
+        for p in folders:
+            if total <= quota:
+                break
+            if p.resolve() in keep:
+                continue
+            shutil.rmtree(p, ignore_errors=True)
+            total -= sizes[p]
+            removed.append(p)
+        return removed
 
 
 def train_frame(frame: pd.DataFrame, name: str, epochs: int, hidden: int, batch_size: int,
@@ -178,8 +217,10 @@ def train_frame(frame: pd.DataFrame, name: str, epochs: int, hidden: int, batch_
     try:
         return out, _train(frame, stem, out, epochs, hidden, batch_size, on_epoch, report)
     except BaseException:
-        if fresh and not (out / "weights.safetensors").is_file():
-            shutil.rmtree(out, ignore_errors=True)  # a failed run leaves no folder behind
+        if fresh:
+            release(out)
+            if not (out / "weights.safetensors").is_file():
+                shutil.rmtree(out, ignore_errors=True)  # a failed run leaves no folder behind
         raise
 
 

@@ -39,10 +39,12 @@ class _Job:
 
 
 class ModelWorker:
-    """The thread that runs every engine call on one checkpoint, batching simulations."""
+    """The thread that runs every engine call on one checkpoint, batching simulations. The thread
+    starts with the first job and ends after ``idle_s`` without one, so a model the cache has let
+    go of is not kept alive by its worker; the next job starts a new thread."""
 
-    def __init__(self, ckpt: sdecore.Checkpoint, max_rows: int = MAX_BATCH_ROWS):
-        self.ckpt, self.max_rows = ckpt, max_rows
+    def __init__(self, ckpt: sdecore.Checkpoint, max_rows: int = MAX_BATCH_ROWS, idle_s: float = 60.0):
+        self.ckpt, self.max_rows, self.idle_s = ckpt, max_rows, idle_s
         self._cond = threading.Condition()
         self._pending: list[_Job] = []
         self._seq = itertools.count()
@@ -52,27 +54,40 @@ class ModelWorker:
 
     def simulate(self, requests: list[SampleRequest], priority: int = INTERACTIVE) -> list:
         """``Paths`` for each request, as :func:`sdecore.simulate_paths` gives it alone."""
+        if self._on_worker():
+            return simulate_requests(self.ckpt.model, self.ckpt.embedder, list(requests))
         return self._submit(_Job(priority, next(self._seq), requests=list(requests))).result()
 
     def call(self, fn: Callable[[sdecore.Checkpoint], object], priority: int = BACKGROUND):
-        """``fn(checkpoint)`` on the worker, alone, after the interactive requests waiting."""
+        """``fn(checkpoint)`` on the worker, alone, after the interactive requests waiting (at once
+        when called from the worker itself, which would otherwise wait for itself)."""
+        if self._on_worker():
+            return fn(self.ckpt)
         return self._submit(_Job(priority, next(self._seq), fn=fn)).result()
+
+    def _on_worker(self) -> bool:
+        return threading.current_thread() is self._thread
 
     def _submit(self, job: _Job) -> Future:
         with self._cond:
+            self._pending.append(job)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="sdecore-model-worker", daemon=True)
                 self._thread.start()
-            self._pending.append(job)
             self._cond.notify()
         return job.future
 
-    def _take(self) -> list[_Job]:
+    def _take(self) -> list[_Job] | None:
         """The next piece of work: the most urgent job and, when it is a simulation, every other
-        simulation waiting that fits in the batch (interactive first, then in arrival order)."""
+        simulation waiting that fits in the batch (interactive first, then in arrival order).
+        None after ``idle_s`` without work: the thread then ends (under the lock, so a job
+        submitted meanwhile starts a new one)."""
         with self._cond:
-            while not self._pending:
-                self._cond.wait()
+            if not self._pending:
+                self._cond.wait(self.idle_s)
+            if not self._pending:
+                self._thread = None
+                return None
             self._pending.sort()
             first = self._pending.pop(0)
             if first.requests is None or not _batchable(first.requests):
@@ -86,27 +101,37 @@ class ModelWorker:
             return taken
 
     def _loop(self) -> None:
-        while True:
-            jobs = self._take()
-            first = jobs[0]
-            if first.fn is not None:
-                _run(first, functools.partial(first.fn, self.ckpt))
-                continue
-            if len(jobs) > 1:
-                try:
-                    results = simulate_requests(self.ckpt.model, self.ckpt.embedder,
-                                                [r for job in jobs for r in job.requests])
-                except Exception:  # a bad request among them: each runs alone and gets its own error
-                    results = None
-                if results is not None:
-                    self.batches += 1
-                    self.batched_requests += sum(len(job.requests) for job in jobs)
-                    for job in jobs:
-                        job.future.set_result(results[:len(job.requests)])
-                        results = results[len(job.requests):]
-                    continue
-            for job in jobs:
-                _run(job, lambda job=job: simulate_requests(self.ckpt.model, self.ckpt.embedder, job.requests))
+        try:
+            while (jobs := self._take()) is not None:
+                self._do(jobs)
+        finally:
+            with self._cond:  # however the loop ended, the next job starts a thread
+                if self._thread is threading.current_thread():
+                    self._thread = None
+                    if self._pending:
+                        self._thread = threading.Thread(target=self._loop, name="sdecore-model-worker", daemon=True)
+                        self._thread.start()
+
+    def _do(self, jobs: list[_Job]) -> None:
+        first = jobs[0]
+        if first.fn is not None:
+            _run(first, functools.partial(first.fn, self.ckpt))
+            return
+        if len(jobs) > 1:
+            try:
+                results = simulate_requests(self.ckpt.model, self.ckpt.embedder,
+                                            [r for job in jobs for r in job.requests])
+            except BaseException:  # a bad request among them: each runs alone and gets its own error
+                results = None
+            if results is not None:
+                self.batches += 1
+                self.batched_requests += sum(len(job.requests) for job in jobs)
+                for job in jobs:
+                    job.future.set_result(results[:len(job.requests)])
+                    results = results[len(job.requests):]
+                return
+        for job in jobs:
+            _run(job, lambda job=job: simulate_requests(self.ckpt.model, self.ckpt.embedder, job.requests))
 
 
 def _batchable(requests: list[SampleRequest]) -> bool:

@@ -291,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     # Under torchrun every rank runs the same checks on the same input and fails alike: only rank 0
     # prints such an error, so a failed job shows one line, not one per process run together. A
     # failure of a rank's own (a file its node cannot write) names the rank.
-    rank = int(os.environ.get("RANK", "0") or 0)
+    rank = os.environ.get("RANK", "0")
+    rank = int(rank) if rank.isdigit() else 0
     try:
         code = handler(args)
         summary()

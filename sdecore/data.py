@@ -80,16 +80,18 @@ def _read_local(path: Path, max_rows: int | None = None, max_bytes: int | None =
     suffix = path.suffix.lower()
     try:
         if suffix == ".jsonl":
-            return _first_usable(pd.read_json(path, lines=True, chunksize=_CHUNK_ROWS), max_rows, None, max_bytes)
+            with pd.read_json(path, lines=True, chunksize=_CHUNK_ROWS) as chunks:
+                return _first_usable(chunks, max_rows, None, max_bytes)
         if suffix == ".json":
             try:
                 return _first_usable([pd.read_json(path)], max_rows, None, max_bytes)
             except ValueError:
-                return _first_usable(pd.read_json(path, lines=True, chunksize=_CHUNK_ROWS), max_rows, None, max_bytes)
+                with pd.read_json(path, lines=True, chunksize=_CHUNK_ROWS) as chunks:
+                    return _first_usable(chunks, max_rows, None, max_bytes)
         if suffix == ".csv":
             header = list(pd.read_csv(path, nrows=0).columns)
-            chunks = pd.read_csv(path, usecols=lambda c: c in _KEPT, chunksize=_CHUNK_ROWS)
-            return _first_usable(chunks, max_rows, header, max_bytes)
+            with pd.read_csv(path, usecols=lambda c: c in _KEPT, chunksize=_CHUNK_ROWS) as chunks:
+                return _first_usable(chunks, max_rows, header, max_bytes)
         if suffix == ".parquet":
             import pyarrow.parquet as pq
 

@@ -29,6 +29,17 @@ _LOG2E = 1.0 / math.log(2.0)
 ARGMAX_MIN_ROWS = 16  # below this many rows the chunked maximum saves nothing over max
 
 
+def row_blocks(n: int, block: int) -> list[slice]:
+    """Slices of ``n`` rows, ``block`` at a time, no slice of a single row unless ``n`` is 1: the
+    last block borrows a row from the one before. A one-row product runs through the plain kernel,
+    whose rounding differs from the packed one's; every block of two rows or more gets the packed
+    product's values, whatever its size, so a row decodes the same in any batch (docs/design.md §3)."""
+    bounds = list(range(0, n, block)) + [n]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+        bounds[-2] -= 1
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def row_max_argmax(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``logits.max(-1)`` of a (batch, n) tensor, the maximum of each row and the first index
     holding it, in two cheap passes: the maxima of ``ARGMAX_CHUNK``-wide chunks (a plain
@@ -171,7 +182,11 @@ class GaussianEmission(nn.Module):
             m = self.table_t if name == "table" else self.table_sq.T
             return a @ m if bias is None else torch.addmm(bias, a, m)
         if torch.is_grad_enabled() and (a.requires_grad or (bias is not None and bias.requires_grad)):
-            return _PackedProduct.apply(a, bias, fwd, self._packed(name + "_t", a))
+            bwd = self._packed(name + "_t", a)
+            if bwd is None:  # the transpose's pack declined: torch's own product, with its gradient
+                m = self.table_t if name == "table" else self.table_sq.T
+                return a @ m if bias is None else torch.addmm(bias, a, m)
+            return _PackedProduct.apply(a, bias, fwd, bwd)
         return onednn.linear(a, fwd, bias)
 
     @torch.no_grad()
@@ -193,8 +208,7 @@ class GaussianEmission(nn.Module):
         if block is None:
             block = DECODE_BLOCK["cpu" if x.device.type == "cpu" else "other"]
         ids, probs = [], []
-        for start in range(0, x.shape[0], block):
-            rows = slice(start, start + block)
+        for rows in row_blocks(x.shape[0], block):
             logits = self.state_logits(x[rows])
             if exclude is not None:
                 logits.scatter_(-1, exclude[rows, None], float("-inf"))
@@ -226,7 +240,7 @@ class GaussianEmission(nn.Module):
         ok = torch.isfinite(points).all(-1)
         p = torch.nan_to_num(points, nan=0.0, posinf=0.0, neginf=0.0)
         half_sq = torch.where(self.support_mask, -0.5 * self.table_sq.sum(-1), float("-inf"))
-        ids = [row_max_argmax(self._product(p[s:s + block], half_sq, "table"))[1] for s in range(0, len(p), block)]
+        ids = [row_max_argmax(self._product(p[rows], half_sq, "table"))[1] for rows in row_blocks(len(p), block)]
         ids = torch.cat(ids) if ids else torch.zeros(0, dtype=torch.long, device=p.device)
         return torch.where(ok, ids, torch.full_like(ids, -1))
 

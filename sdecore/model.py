@@ -151,6 +151,18 @@ class TextSDE(nn.Module):
                 z = F.silu(z)
         return z
 
+    def batches_exactly(self) -> bool:
+        """Whether a row's inference products give the same values in any batch of two rows or
+        more, so that runs may share them (:func:`sdecore.simulate.simulate_requests`): true where
+        the oneDNN-packed kernels run (a float32 CPU model, oneDNN present and its packs of the
+        table and of both nets accepted); torch's default kernels round a row differently
+        depending on the batch."""
+        table = self.emission.table
+        if not onednn.usable(table) or self.emission._packed("table", table[:2]) is None:
+            return False
+        return all(self._inference_layers(name, getattr(self, name))[1] is not None
+                   for name in ("drift_net", "diffusion_net"))
+
     def _inference_layers(self, name: str, net: nn.Sequential) -> tuple[list | None, list | None]:
         """(weight, bias, activation) per linear layer of ``net``, and the same with oneDNN-packed
         weights (None where oneDNN declines), kept until a parameter changes."""

@@ -1,4 +1,4 @@
-"""oneDNN's prepacked matrix products on the CPU, for inference (docs/design.md §3).
+"""oneDNN's prepacked matrix products on the CPU (docs/design.md §3).
 
 torch's CPU build carries oneDNN, and with it a product whose weight is reordered ("prepacked")
 once into the layout its kernels read: at a few rows by a big matrix it runs several times
@@ -7,7 +7,9 @@ faster than torch's default CPU matmul, which repacks the matrix on every call (
 first layer likewise). It is reached through the operators torch's own compiler uses on CPUs
 (``torch.ops.mkldnn._reorder_linear_weight`` and ``_linear_pointwise``), so every use here checks
 itself once against the plain product and falls back to it where the operators are missing or
-disagree; ``SDECORE_ONEDNN=0`` turns them off. Only for float32 on the CPU without gradients.
+disagree; ``SDECORE_ONEDNN=0`` turns them off. Only for float32 on the CPU: the nets and the
+decode use them for inference; the emission's logits also in training, both ways through an
+autograd function (``sdecore.emission``).
 """
 
 from __future__ import annotations

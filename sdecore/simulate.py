@@ -196,12 +196,19 @@ def simulate_requests(model: TextSDE, embedder: Embedder, requests: list[SampleR
     element-wise work, the Brownian path and the record stay each run's own. A run of one path, or
     with one path left, keeps its own products (at one row the plain product is used, whose
     rounding differs); runs at a temperature decode apart, each with its generator. Only ``em``
-    runs can share a batch; another solver runs alone."""
+    runs can share a batch; another solver runs alone. Where the packed kernels do not run (a GPU,
+    ``SDECORE_ONEDNN=0``; :meth:`TextSDE.batches_exactly`), the runs are simulated one after
+    another instead, still each exactly as alone."""
     requests = [r.checked() for r in requests]
+    if not requests:
+        return []
     if len(requests) > 1 and any(r.solver != "em" for r in requests):
         raise ValueError("only em runs can be simulated together; run the others one at a time")
     if model.training:
         model.eval()
+    if len(requests) > 1 and not model.batches_exactly():
+        # without the packed kernels a batch would round a run's rows differently: one at a time
+        return [simulate_requests(model, embedder, [r], progress=progress)[0] for r in requests]
     runs = [_Run(model, embedder, r) for r in requests]
     steps = range(max(r.tokens for r in requests))
     if progress:

@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-
 CODE = [p for d in ("sdecore", "dashboard", "bench") for p in (ROOT / d).rglob("*.py")]
 # the query parameters the pages bind widgets to: settings of a view, never a path
 URL_KEYS = {"prompt", "scale", "paths", "tokens", "solver", "substeps", "seed", "snap", "stab_paths", "stab_tokens",
@@ -85,6 +83,7 @@ def test_a_url_cannot_pick_the_model_folder(tiny_ckpt, monkeypatch, tmp_path):
 
 
 def test_the_server_listens_on_this_machine_only_by_default():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert config["server"]["address"] == "127.0.0.1" and config["browser"]["gatherUsageStats"] is False
     assert config["server"]["maxUploadSize"] <= 5

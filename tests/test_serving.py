@@ -4,6 +4,7 @@ interactive work first, and one session's bad request or failure kept to that se
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -25,6 +26,20 @@ def _hold(worker: ModelWorker) -> threading.Event:
     threading.Thread(target=worker.call, args=(wait, INTERACTIVE), daemon=True).start()
     assert started.wait(30)
     return release
+
+
+def _until(condition, timeout: float = 60.0) -> None:
+    """Wait for ``condition()``; fail rather than hang when it does not come."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.01)
+
+
+def _join(threads, timeout: float = 60.0) -> None:
+    for t in threads:
+        t.join(timeout)
+        assert not t.is_alive(), "a caller never got its answer"
 
 
 def _in_threads(calls) -> list:
@@ -49,11 +64,9 @@ def test_concurrent_requests_run_as_one_batch_with_their_lone_results(tiny_model
     reqs.append(SampleRequest("Why is the sky blue?", paths=2, tokens=9, diffusion_scale=1.0, seed=7))
     release = _hold(worker)
     threads, out = _in_threads([lambda r=r: worker.simulate([r])[0] for r in reqs])
-    while len(worker._pending) < len(reqs):  # every request queued behind the held job
-        threading.Event().wait(0.01)
+    _until(lambda: len(worker._pending) >= len(reqs))  # every request queued behind the held job
     release.set()
-    for t in threads:
-        t.join(60)
+    _join(threads)
     assert worker.batches == 1 and worker.batched_requests == len(reqs)
     for r, got in zip(reqs, out):
         want = simulate_paths(tiny_model.model, tiny_model.embedder, r.prompt, paths=r.paths, tokens=r.tokens,
@@ -68,11 +81,9 @@ def test_a_bad_request_fails_alone(tiny_model):
     release = _hold(worker)
     threads, out = _in_threads([lambda: worker.simulate([SampleRequest("How can I sleep better?", paths=3, tokens=4)]),
                                 lambda: worker.simulate([SampleRequest("   ", paths=3, tokens=4)])])
-    while len(worker._pending) < 2:
-        threading.Event().wait(0.01)
+    _until(lambda: len(worker._pending) >= 2)
     release.set()
-    for t in threads:
-        t.join(60)
+    _join(threads)
     assert out[0][0].token_ids.shape == (3, 4)
     assert isinstance(out[1], ValueError) and "prompt is empty" in str(out[1])
 
@@ -83,12 +94,23 @@ def test_interactive_work_goes_before_background_jobs(tiny_model):
     release = _hold(worker)
     threads, _ = _in_threads([lambda: worker.call(lambda c: order.append("background"), BACKGROUND),
                               lambda: worker.call(lambda c: order.append("interactive"), INTERACTIVE)])
-    while len(worker._pending) < 2:
-        threading.Event().wait(0.01)
+    _until(lambda: len(worker._pending) >= 2)
     release.set()
-    for t in threads:
-        t.join(60)
+    _join(threads)
     assert order == ["interactive", "background"]
+
+
+def test_an_idle_worker_ends_its_thread_and_the_next_job_starts_one(tiny_model):
+    worker = ModelWorker(tiny_model, idle_s=0.05)
+    assert worker.call(lambda c: c.model.dim) == tiny_model.model.dim
+    _until(lambda: worker._thread is None)
+    assert worker.call(lambda c: "again") == "again"
+
+
+def test_a_job_that_asks_the_worker_again_does_not_wait_for_itself(tiny_model):
+    worker = ModelWorker(tiny_model)
+    paths = worker.call(lambda c: worker.simulate([SampleRequest("How can I sleep better?", paths=2, tokens=2)]))
+    assert paths[0].token_ids.shape == (2, 2)
 
 
 def test_a_failing_job_leaves_the_worker_running(tiny_model):
@@ -119,19 +141,15 @@ def test_trainings_wait_their_turn_and_see_their_place():
 
     t1 = threading.Thread(target=first)
     t1.start()
-    while not order:
-        threading.Event().wait(0.01)
+    _until(lambda: bool(order))
     t2 = threading.Thread(target=later, args=("second",))
     t2.start()
-    while not queue._waiting:
-        threading.Event().wait(0.01)
+    _until(lambda: bool(queue._waiting))
     t3 = threading.Thread(target=later, args=("third",))
     t3.start()
-    while len(queue._waiting) < 2:
-        threading.Event().wait(0.01)
+    _until(lambda: len(queue._waiting) >= 2)
     release.set()
-    for t in (t1, t2, t3):
-        t.join(30)
+    _join([t1, t2, t3])
     assert order == ["first", "second", "third"]
     assert places["second"][0] == 1 and places["third"][0] == 2  # next, then one ahead
 
@@ -160,10 +178,16 @@ def test_run_folders_are_unique_and_kept_within_the_quota(tmp_path, monkeypatch)
     for i, f in enumerate(folders):
         (f / "weights.safetensors").write_bytes(b"x" * 2**20)  # 1 MB each, the oldest first
         os.utime(f, (1000 + i, 1000 + i))
-    runs.mark_in_use(folders[1])
+    for f in folders:  # a run's own use ends with it
+        runs.release(f)
+    state = {}
+    runs.activate(state, folders[1], "shown")  # a session shows this one
     removed = runs.enforce_quota(keep={folders[0]}, quota_mb=3.5)
     assert removed == [folders[2], folders[3]]  # oldest first, skipping the kept and the one in use
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f.name for f in (folders[0], folders[1], folders[4]))
+    runs.activate(state, None)  # the session goes back to the default model: no longer protected
+    assert runs.enforce_quota(keep={folders[0]}, quota_mb=1.5) == [folders[1], folders[4]]
+    assert runs.new_run_folder("x.csv").resolve() in runs._IN_USE  # a run being written is in use from the start
     monkeypatch.setenv("SDECORE_RUNS_QUOTA_MB", "zero")
     with pytest.raises(ValueError, match="SDECORE_RUNS_QUOTA_MB"):
         runs.runs_quota_mb()

@@ -60,16 +60,19 @@ if frame is not None:
                 bar.progress(0.0, text="Preparing: tokenising the corpus ...")
                 out, history = runs.train_frame(frame, upload.name, int(epochs), runs.MODEL_SIZES[size], int(batch),
                                                 on_epoch, report=bool(report))
-            runs.mark_in_use(out)
-            removed = runs.enforce_quota(keep={out})
         except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
             st.error(f"Training failed: {exc}")
         else:
+            runs.activate(st.session_state, out, upload.name)
+            runs.release(out)  # the run's own use ends; the session's goes on
+            try:
+                removed = runs.enforce_quota(keep={out})
+            except (ValueError, OSError) as exc:
+                removed = []
+                st.session_state["quota_note"] = f"Older runs were not tidied: {exc}"
             if removed:
                 st.session_state["quota_note"] = (f"Removed {len(removed)} older run folder(s) to keep within "
                                                   f"{runs.runs_quota_mb():g} MB.")
-            st.session_state["active_model"] = str(out)
-            st.session_state["active_name"] = upload.name
             st.session_state["last_training"] = {"folder": str(out), "history": history, "name": upload.name}
             st.rerun()
 elif upload is None:
@@ -95,7 +98,5 @@ if previous:
     names = [p.name for p in previous]
     pick = st.selectbox("Reopen a model trained in this dashboard", names, key="reopen")
     if st.button("Make it the active model", key="reopen_go"):
-        runs.mark_in_use(previous[names.index(pick)])
-        st.session_state["active_model"] = str(previous[names.index(pick)])
-        st.session_state["active_name"] = pick
+        runs.activate(st.session_state, previous[names.index(pick)], pick)
         st.rerun()
