@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import socket
 import statistics
 import subprocess
@@ -37,6 +36,8 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from bench import emit
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "dashboard" / "app.py"
@@ -346,10 +347,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"bench.classroom: needs Debian's chromium at {CHROMIUM} (apt-get install chromium)")
     else:
         result = run(a.sessions, a.presses)
-    text = json.dumps(result, indent=2)
-    if a.out:
-        Path(a.out).write_text(text + "\n", encoding="utf-8")
-    print(text)
+    emit(result, a.out)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ path's throughput against the precomputed table's.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -31,6 +30,8 @@ configure_threads()  # before torch is imported: docs/design.md §6.3
 
 import torch  # noqa: E402
 import torchsde  # noqa: E402
+
+from bench import emit  # noqa: E402
 
 
 def _time(fn, repeat: int = 3) -> float:
@@ -165,10 +166,7 @@ def main(argv=None) -> None:
         result["scale"] = {"memory": scale.bench_memory(corpus, device=str(dev)),
                            "throughput": scale.bench_throughput(corpus, device=str(dev))}
     result["total_s"] = time.perf_counter() - t0
-    text = json.dumps(result, indent=2)
-    if a.out:
-        Path(a.out).write_text(text + "\n", encoding="utf-8")
-    print(text)
+    emit(result, a.out)
 
 
 if __name__ == "__main__":
