@@ -21,7 +21,7 @@ configure_threads()
 import streamlit as st  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402  (the dashboard extra brings it)
 
-from dashboard import compute, session  # noqa: E402
+from dashboard import compute, figures, session  # noqa: E402
 
 # One BLAS thread: the dashboard's matrices are small (a 1500 x 384 PCA), and OpenBLAS's
 # worker threads spin; on a busy 2-core CPU one SVD took 8 s threaded against 0.09 s on one
@@ -40,7 +40,10 @@ PAGES = [
     st.Page("views/stability.py", title="Stability", icon=":material/balance:"),
     st.Page("views/losses.py", title="Losses and trajectories", icon=":material/show_chart:"),
     st.Page("views/evaluation.py", title="Evaluation", icon=":material/fact_check:"),
+    st.Page("views/compare.py", title="Same noise", icon=":material/compare_arrows:"),
+    st.Page("views/learned.py", title="What the nets learned", icon=":material/psychology:"),
     st.Page("views/primer.py", title="Primer", icon=":material/school:"),
+    st.Page("views/lessons.py", title="Lessons", icon=":material/menu_book:"),
     st.Page("views/train.py", title="Train", icon=":material/model_training:"),
 ]
 
@@ -79,6 +82,14 @@ def sidebar() -> None:
         st.caption(f"Data credit: {ck.credit}")
 
 
+def chart_settings() -> None:
+    with st.sidebar:
+        st.radio("Chart images", list(figures.IMAGE_FORMATS), key="image_format", horizontal=True,
+                 help="What the camera in each chart's toolbar saves: a PNG at three times its size on screen, for "
+                      "slides and print, or an SVG to edit. Each chart's data downloads as CSV below it.")
+
+
 nav = st.navigation(PAGES)
 sidebar()
+chart_settings()
 nav.run()

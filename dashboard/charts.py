@@ -87,43 +87,63 @@ def band(fig: go.Figure, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, color: s
     fig.add_traces(band_traces(x, lo, hi, color, name, alpha, **kw))
 
 
+def path_style(i: int, highlight: int | None, width: float = 1.5, alpha: float = 1.0) -> tuple[str, float]:
+    """(colour, line width) of path ``i``: its own colour, or, with a ``highlight`` (a path index),
+    that path bold and every other one faint grey."""
+    if highlight is None:
+        return rgba(PALETTE[i % len(PALETTE)], alpha), width
+    return (PALETTE[i % len(PALETTE)], width * 2.2) if i == highlight else (rgba(MUTED, 0.3), width * 0.7)
+
+
 def fan_chart(t: np.ndarray, values: np.ndarray, drift_only: np.ndarray | None, quantity: str, unit: str,
-              title: str) -> go.Figure:
+              title: str, highlight: int | None = None, captions: list[str] | None = None) -> go.Figure:
     """Quantile bands (5-95%, 25-75%) and the median of a per-step quantity across paths,
-    each path faintly, and the drift-only path (scale 0) dashed.
+    each path faintly (``highlight``: one path bold, the rest grey), and the drift-only path
+    (scale 0) dashed. With ``captions`` (one text per step), the chart replays token by token
+    (:func:`with_replay`).
 
     t: (steps + 1,); values: (paths, steps + 1); drift_only: (steps + 1,) or None.
     """
     q = quantiles(values, (0.05, 0.25, 0.5, 0.75, 0.95))
     traces = band_traces(t, q[0], q[4], DIFFUSION_COLOR, "5-95% of paths", 0.15)
     traces += band_traces(t, q[1], q[3], DIFFUSION_COLOR, "25-75% of paths", 0.3)
-    for i, row in enumerate(values):
-        traces.append({"type": "scatter", "x": t, "y": row, "mode": "lines", "name": f"path {i + 1}",
-                       "line": {"width": 1, "color": rgba(PALETTE[i % 10], 0.45)}, "showlegend": False,
+    order = [i for i in range(len(values)) if i != highlight] + ([highlight] if highlight is not None else [])
+    for i in order:
+        color, width = path_style(i, highlight, 1.0, 0.45)
+        traces.append({"type": "scatter", "x": t, "y": values[i], "mode": "lines", "name": f"path {i + 1}",
+                       "line": {"width": width, "color": color}, "showlegend": i == highlight,
                        "hovertemplate": f"path {i + 1}<br>t=%{{x}}<br>{quantity}=%{{y:.3g}}<extra></extra>"})
     traces.append({"type": "scatter", "x": t, "y": q[2], "mode": "lines", "name": "median of paths",
                    "line": {"width": 2.5, "color": DIFFUSION_COLOR}})
     if drift_only is not None:
         traces.append({"type": "scatter", "x": t, "y": drift_only, "mode": "lines+markers", "marker": {"size": 5},
                        "line": {"width": 2.5, "dash": "dash", "color": BOUND_COLOR}, "name": "drift only (scale 0)"})
-    return figure(traces, base_layout(title, TIME_AXIS, f"{quantity} ({unit})"))
+    layout = base_layout(title, TIME_AXIS, f"{quantity} ({unit})")
+    if captions:
+        return with_replay(traces, layout, list(range(len(traces))), len(t) - 1, captions)
+    return figure(traces, layout)
 
 
 def map_chart(ref_xy: np.ndarray, ref_tokens: list[str], paths_xy: list[np.ndarray], hovers: list[list[str]],
-              drift_xy: np.ndarray | None, drift_hover: list[str] | None, map_label: str) -> go.Figure:
+              drift_xy: np.ndarray | None, drift_hover: list[str] | None, map_label: str, highlight: int | None = None,
+              captions: list[str] | None = None) -> go.Figure:
     """Sample paths drawn on a 2-D map of the embedding space over its reference tokens.
 
     ref_xy: (n, 2) reference token coordinates; paths_xy: per path (steps + 1, 2), NaN after
     divergence; hovers: per path, one label per point (its nearest token); drift_xy: (steps + 1, 2).
+    ``highlight``: one path bold, the rest grey; with ``captions`` (one text per step) the paths
+    replay token by token (:func:`with_replay`).
     """
     traces = [{"type": "scatter", "x": ref_xy[:, 0], "y": ref_xy[:, 1], "mode": "markers", "text": ref_tokens,
                "marker": {"size": 4, "color": rgba("#7f8c8d", 0.35)}, "name": "reference tokens",
                "hovertemplate": "token %{text}<extra></extra>"}]
-    for i, (xy, hv) in enumerate(zip(paths_xy, hovers)):
-        color = PALETTE[i % len(PALETTE)]
+    order = [i for i in range(len(paths_xy)) if i != highlight] + ([highlight] if highlight is not None else [])
+    for i in order:
+        xy, hv = paths_xy[i], hovers[i]
+        color, width = path_style(i, highlight)
         traces.append({"type": "scatter", "x": xy[:, 0], "y": xy[:, 1], "mode": "lines+markers", "text": hv,
-                       "name": f"path {i + 1}", "line": {"width": 1.5, "color": color},
-                       "marker": {"size": 6, "color": color},
+                       "name": f"path {i + 1}", "line": {"width": width, "color": color},
+                       "marker": {"size": 6 if highlight in (None, i) else 4, "color": color},
                        "hovertemplate": f"path {i + 1}<br>%{{text}}<extra></extra>"})
     if drift_xy is not None:
         traces.append({"type": "scatter", "x": drift_xy[:, 0], "y": drift_xy[:, 1], "mode": "lines+markers",
@@ -131,6 +151,7 @@ def map_chart(ref_xy: np.ndarray, ref_tokens: list[str], paths_xy: list[np.ndarr
                        "line": {"width": 3, "dash": "dash", "color": BOUND_COLOR},
                        "marker": {"size": 7, "color": BOUND_COLOR, "symbol": "diamond"},
                        "hovertemplate": "drift only<br>%{text}<extra></extra>"})
+    timed = list(range(1, len(traces)))
     if paths_xy:
         start = paths_xy[0][0]
         traces.append({"type": "scatter", "x": [start[0]], "y": [start[1]], "mode": "markers",
@@ -140,6 +161,8 @@ def map_chart(ref_xy: np.ndarray, ref_tokens: list[str], paths_xy: list[np.ndarr
     layout = base_layout(f"Paths on the {map_label}", "map axis 1 (arbitrary units)", "map axis 2 (arbitrary units)",
                          height=520)
     layout["legend"]["y"] = -0.14
+    if captions and paths_xy:
+        return with_replay(traces, layout, timed, len(paths_xy[0]) - 1, captions)
     return figure(traces, layout)
 
 
@@ -175,3 +198,114 @@ def paths_frame_rows(result: dict, xy: list[np.ndarray], map_label: str, drift: 
                    "diverged": bool(result["diverged"][i])}
             rows.append(row)
     return rows
+
+
+# ----------------------------------------------------------------------------- a chart's data
+def _axis_title(layout, name: str) -> str:
+    ax = getattr(layout, name, None) if layout is not None else None
+    text = ax.title.text if ax is not None and ax.title is not None else None
+    return text or name.replace("axis", "")
+
+
+def figure_rows(fig: go.Figure) -> list[dict]:
+    """The data a chart draws, one row per point of each trace (``trace``, ``x``, ``y``, and ``z``
+    for heat maps, ``text`` where the points carry labels): the chart's CSV download. ``panel``
+    names the axes a trace is drawn on, with their titles, when the chart has several."""
+    lay = fig.layout
+    panels = {(getattr(t, "xaxis", None) or "x", getattr(t, "yaxis", None) or "y") for t in fig.data}
+    rows: list[dict] = []
+    for i, tr in enumerate(fig.data):
+        name = tr.name or getattr(tr, "legendgroup", None) or f"trace {i + 1}"
+        xa, ya = getattr(tr, "xaxis", None) or "x", getattr(tr, "yaxis", None) or "y"
+        panel = f"{_axis_title(lay, xa.replace('x', 'xaxis'))} / {_axis_title(lay, ya.replace('y', 'yaxis'))}"
+        x, y = getattr(tr, "x", None), getattr(tr, "y", None)
+        z = getattr(tr, "z", None) if tr.type == "heatmap" else None
+        text = getattr(tr, "text", None)
+
+        head = {"trace": name, "panel": panel} if len(panels) > 1 else {"trace": name}
+
+        def add(head=head, **kw) -> None:
+            rows.append({**head, "x": None, "y": None, "z": None, "text": None, **kw})
+
+        if z is not None:
+            zz = np.asarray(z, dtype=object)
+            for r in range(zz.shape[0]):
+                for c in range(zz.shape[1]):
+                    add(x=x[c] if x is not None else c, y=y[r] if y is not None else r, z=zz[r, c])
+            continue
+        n = len(y) if y is not None else (len(x) if x is not None else 0)
+        labels = text if text is not None and not isinstance(text, str) and len(text) == n else None
+        for j in range(n):
+            add(x=x[j] if x is not None else j, y=y[j] if y is not None else None,
+                text=labels[j] if labels is not None else None)
+    if not any(r["z"] is not None for r in rows):
+        for r in rows:
+            r.pop("z")
+    if not any(r["text"] is not None for r in rows):
+        for r in rows:
+            r.pop("text")
+    if len(panels) == 1 and rows:  # name the columns after the axes
+        xt, yt = _axis_title(lay, "xaxis"), _axis_title(lay, "yaxis")
+        rows = [{("x: " + xt if k == "x" else "y: " + yt if k == "y" else k): v for k, v in r.items()} for r in rows]
+    return rows
+
+
+# ----------------------------------------------------------------------------- replay
+REPLAY_FRAME_MS = 350
+
+
+def _range(values: list, pad: float = 0.05) -> list[float] | None:
+    flat = np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in values]) if values else np.zeros(0)
+    flat = flat[np.isfinite(flat)]
+    if not flat.size:
+        return None
+    lo, hi = float(flat.min()), float(flat.max())
+    span = (hi - lo) or 1.0
+    return [lo - pad * span, hi + pad * span]
+
+
+def with_replay(traces: list[dict], layout: dict, timed: list[int], steps: int, captions: list[str] | None = None,
+                label: str = "token") -> go.Figure:
+    """A chart that replays itself token by token: Plotly frames 0..steps, frame k drawing the
+    ``timed`` traces' first k + 1 points (each point one step of the path), with a play/pause button
+    and a slider; ``captions[k]`` (the decoded text so far) shows above the plot in step. The axes
+    are fixed to the whole paths' range, so they do not move while it plays; the figure itself
+    shows the whole paths until play is pressed."""
+    layout = dict(layout)
+    for axis, key in (("xaxis", "x"), ("yaxis", "y")):
+        rng = _range([traces[i][key] for i in timed] + [t[key] for t in traces if t.get(key) is not None])
+        if rng is not None:
+            layout[axis] = {**layout.get(axis, {}), "range": rng, "autorange": False}
+
+    def caption(k: int) -> list[dict]:
+        if not captions:
+            return []
+        return [{"text": captions[k], "xref": "paper", "yref": "paper", "x": 0.0, "y": 1.0, "xanchor": "left",
+                 "yanchor": "bottom", "showarrow": False, "align": "left", "font": {"size": 13, "color": BOUND_COLOR},
+                 "bgcolor": "rgba(255,255,255,0.85)"}]
+
+    frames = [{"name": str(k), "traces": list(timed), "layout": {"annotations": caption(k)},
+               "data": [{"x": traces[i]["x"][:k + 1], "y": traces[i]["y"][:k + 1]} for i in timed]}
+              for k in range(steps + 1)]
+    play = {"frame": {"duration": REPLAY_FRAME_MS, "redraw": True}, "fromcurrent": False,
+            "transition": {"duration": 0}, "mode": "immediate"}
+    layout["updatemenus"] = [{"type": "buttons", "direction": "left", "showactive": False, "x": 0.0, "y": -0.2,
+                              "xanchor": "left", "yanchor": "top", "pad": {"t": 0, "r": 8},
+                              "buttons": [{"label": "▶ Play", "method": "animate", "args": [None, play]},
+                                          {"label": "❚❚ Pause", "method": "animate",
+                                           "args": [[None], {"frame": {"duration": 0, "redraw": False},
+                                                             "mode": "immediate", "transition": {"duration": 0}}]}]}]
+    layout["sliders"] = [{"active": steps, "x": 0.16, "len": 0.84, "y": -0.2, "yanchor": "top", "pad": {"t": 0},
+                          "currentvalue": {"prefix": f"{label} ", "font": {"size": 12}},
+                          "steps": [{"label": str(k), "method": "animate",
+                                     "args": [[str(k)], {"frame": {"duration": 0, "redraw": True}, "mode": "immediate",
+                                                         "transition": {"duration": 0}}]}
+                                    for k in range(steps + 1)]}]
+    layout["annotations"] = list(layout.get("annotations", [])) + caption(steps)
+    layout["margin"] = {**layout.get("margin", {}), "b": 130, "t": 90}
+    layout["legend"] = {**layout.get("legend", {}), "y": -0.42}
+    layout["height"] = layout.get("height", 420) + 90
+    try:
+        return go.Figure(data=traces, layout=layout, frames=frames, _validate=False)
+    except TypeError:
+        return go.Figure(data=traces, layout=layout, frames=frames)

@@ -16,7 +16,7 @@ import numpy as np
 import streamlit as st
 
 import sdecore
-from sdecore import analysis, processes
+from sdecore import analysis, interpret, processes
 from sdecore.metrics import as_float64
 from sdecore.refmap import PCAMap, load_reference_map
 from sdecore.simulate import SampleRequest
@@ -152,3 +152,49 @@ def trajectory(folder: str, stamp: tuple, text: str) -> dict:
     tr = worker.call(lambda c: analysis.text_trajectory(c.model, c.embedder, text, max_tokens=256), INTERACTIVE)
     return {"tokens": tr.tokens, "states": tr.states, "one_step": tr.one_step, "free_run": tr.free_run,
             "drift_loss": tr.drift_loss, "diffusion_loss": tr.diffusion_loss, "nll": tr.nll, "sigma": tr.sigma}
+
+
+# ----------------------------------------------------------------------------- same noise, several scales
+@st.cache_data(show_spinner=False, max_entries=32)
+def compare(folder: str, stamp: tuple, prompt: str, scales: tuple, paths: int, tokens: int, seed: int,
+            snap: bool) -> dict:
+    """The drift-only run and one run per scale on ``seed`` (one Brownian path), batched with the
+    other sessions' simulations (:func:`sdecore.interpret.compare_scales`): per scale the paths'
+    token strings, each path's first departure from the drift-only text and the share that has left
+    by each step."""
+    ck, worker = model(folder, stamp)
+    cmp = interpret.comparison(worker.simulate(interpret.scale_requests(prompt, scales, paths=paths, tokens=tokens,
+                                                                        seed=seed, snap=snap)))
+
+    def strs(ids: np.ndarray) -> list[list[str]]:
+        return [ck.embedder.tokens([int(v) for v in row if v >= 0]) for row in ids]
+
+    return {"scales": cmp.scales, "drift": strs(cmp.drift.token_ids.numpy())[0],
+            "tokens": [strs(r.token_ids.numpy()) for r in cmp.runs], "first": [f.tolist() for f in cmp.first],
+            "share": [s.tolist() for s in cmp.share], "diverged": [r.diverged.numpy().tolist() for r in cmp.runs],
+            "texts": [[t["text"] for t in sdecore.path_texts(ck.embedder, r)] for r in cmp.runs]}
+
+
+# ----------------------------------------------------------------------------- what the nets learned
+@st.cache_data(show_spinner=False, max_entries=16)
+def ranking(folder: str, stamp: tuple, among: int) -> dict:
+    """Tokens ranked by the diffusion at their embedding (:func:`sdecore.interpret.diffusion_ranking`)."""
+    _, worker = model(folder, stamp)
+    return worker.call(lambda c: interpret.diffusion_ranking(c.model, c.embedder, among=among), INTERACTIVE)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def text_steps(folder: str, stamp: tuple, text: str) -> dict:
+    """Along a text: the diffusion at each token and the drift's next tokens (:func:`sdecore.interpret.text_steps`)."""
+    _, worker = model(folder, stamp)
+    st_ = worker.call(lambda c: interpret.text_steps(c.model, c.embedder, text), INTERACTIVE)
+    return {"tokens": st_.tokens, "sigma": st_.sigma, "next_tokens": st_.next_tokens, "next_probs": st_.next_probs}
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def attractor(folder: str, stamp: tuple, prompt: str) -> dict:
+    """Where the drift alone leads from ``prompt`` and the scales that escape it
+    (:func:`sdecore.interpret.drift_attractor`); a background job: it runs about 8 x 128 paths' steps."""
+    _, worker = model(folder, stamp)
+    a = worker.call(lambda c: interpret.drift_attractor(c.model, c.embedder, prompt), BACKGROUND)
+    return dict(vars(a))

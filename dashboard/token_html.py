@@ -40,3 +40,30 @@ def legend_html(label: str, rgb: tuple[int, int, int], vmax: float, fmt: str = "
     return (f'<span style="font-size:0.85em;color:#555">{html.escape(label)}: 0 '
             f'<span style="display:inline-block;width:90px;height:0.8em;background:{grad};'
             f'vertical-align:middle;border:1px solid #ddd"></span> {html.escape(fmt.format(vmax))}</span>')
+
+
+def aligned_table(drift: list[str], rows: list[tuple[str, list[str], int]]) -> str:
+    """Texts aligned token by token under the drift-only text: an HTML table with one column per
+    token position and one row per (label, tokens, first departure); a token that differs from the
+    drift-only one at its position is shaded, the first departure of each row outlined."""
+    width = max([len(drift)] + [len(t) for _, t, _ in rows])
+    cell = "padding:2px 6px;border:1px solid #e3e7eb;white-space:nowrap;font-size:0.85em"
+    head = "".join(f'<th style="{cell};color:#777;font-weight:normal">{k + 1}</th>' for k in range(width))
+    lines = [f'<tr><th style="{cell}"></th>{head}</tr>']
+
+    def row(label: str, toks: list[str], first: int | None) -> str:
+        tds = []
+        for k in range(width):
+            tok = toks[k] if k < len(toks) else ""
+            style = cell
+            if first is not None and tok != (drift[k] if k < len(drift) else None):
+                style += ";background:rgba(209,73,91,0.22)"
+            if first is not None and k == first:
+                style += ";outline:2px solid #d1495b;outline-offset:-2px;font-weight:bold"
+            tds.append(f'<td style="{style}" title="{html.escape(tok)}">{html.escape(tok)}</td>')
+        return f'<tr><th style="{cell};text-align:left">{html.escape(label)}</th>{"".join(tds)}</tr>'
+
+    lines.append(row("drift only (s = 0)", drift, None))
+    lines += [row(label, toks, first if first >= 0 else None) for label, toks, first in rows]
+    return ('<div style="overflow-x:auto"><table style="border-collapse:collapse;margin-bottom:0.5em">'
+            + "".join(lines) + "</table></div>")

@@ -239,17 +239,27 @@ class ScaleComparison:
     share: list[np.ndarray]
 
 
-@torch.no_grad()
-def compare_scales(model: TextSDE, embedder: Embedder, prompt: str, scales, *, paths: int = 8, tokens: int = 24,
-                   seed: int = 0, substeps: int = 1, snap: bool = True) -> ScaleComparison:
-    """The same prompt and seed at each scale (the same Brownian path bent by each s), in one batch
-    with the drift-only run."""
-    scales = [float(s) for s in scales]
+def scale_requests(prompt: str, scales, *, paths: int = 8, tokens: int = 24, seed: int = 0, substeps: int = 1,
+                   snap: bool = True) -> list[SampleRequest]:
+    """The runs of :func:`compare_scales`: the drift-only run, then one per scale on ``seed``."""
     reqs = [SampleRequest(prompt, paths=1, tokens=tokens, diffusion_scale=0.0, substeps=substeps, snap=snap)]
-    reqs += [SampleRequest(prompt, paths=paths, tokens=tokens, diffusion_scale=s, seed=seed, substeps=substeps,
-                           snap=snap) for s in scales]
-    drift, *runs = simulate_requests(model, embedder, reqs)
+    return reqs + [SampleRequest(prompt, paths=paths, tokens=tokens, diffusion_scale=float(s), seed=seed,
+                                 substeps=substeps, snap=snap) for s in scales]
+
+
+def comparison(results: list[Paths]) -> ScaleComparison:
+    """:class:`ScaleComparison` of the results of :func:`scale_requests`' runs, in order."""
+    drift, *runs = results
     ref = drift.token_ids[0].numpy()
     first = [departures(r.token_ids.numpy(), ref) for r in runs]
-    return ScaleComparison(scales=scales, drift=drift, runs=runs, first=first,
-                           share=[left_share(f, tokens) for f in first])
+    steps = drift.token_ids.shape[1]
+    return ScaleComparison(scales=[r.diffusion_scale for r in runs], drift=drift, runs=runs, first=first,
+                           share=[left_share(f, steps) for f in first])
+
+
+@torch.no_grad()
+def compare_scales(model: TextSDE, embedder: Embedder, prompt: str, scales, **settings) -> ScaleComparison:
+    """The same prompt and seed at each scale (the same Brownian path bent by each s), in one batch
+    with the drift-only run; ``settings`` are :func:`scale_requests`' (paths, tokens, seed, substeps,
+    snap)."""
+    return comparison(simulate_requests(model, embedder, scale_requests(prompt, scales, **settings)))

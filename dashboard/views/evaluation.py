@@ -3,7 +3,7 @@
 import streamlit as st
 
 from dashboard import charts_eval as ce
-from dashboard import session, shaping
+from dashboard import figures, session, shaping
 
 st.title("Evaluation")
 st.markdown(
@@ -31,7 +31,7 @@ else:
         frame = ce.models_frame(report["models"])
         st.caption(f"Corpus `{report.get('corpus', '?')}`, split `{report.get('split', '?')}`, "
                    f"{report.get('n_transitions', '?'):,} transitions (the same for every model).")
-        st.plotly_chart(ce.metrics_chart(frame), key="metrics")
+        figures.show(ce.metrics_chart(frame), key="metrics")
         st.caption("The SDE (first bar) should have a lower perplexity and higher accuracy than the baselines; "
                    "drift_only against sde shows what the learned sigma adds.")
         st.dataframe(ce.display_frame(frame), width="stretch")
@@ -40,7 +40,7 @@ else:
         with left:
             by = report.get("by_complexity") or {}
             if by:
-                st.plotly_chart(ce.complexity_chart(by), key="complexity")
+                figures.show(ce.complexity_chart(by), key="complexity")
                 st.caption("Look for where the SDE's advantage holds: more complex responses are usually harder for "
                            "every model.")
             else:
@@ -49,7 +49,7 @@ else:
             cal = report.get("calibration") or {}
             if cal.get("levels"):
                 cov = frame.loc[frame["model"] == "sde", "coverage90"]
-                st.plotly_chart(ce.calibration_chart(cal["levels"], cal["observed"],
+                figures.show(ce.calibration_chart(cal["levels"], cal["observed"],
                                                      float(cov.iloc[0]) if len(cov) else None), key="calibration")
                 st.caption("Points on the diagonal mean sigma is calibrated; below it, the predicted intervals are too "
                            "narrow (noise underestimated).")
@@ -70,7 +70,7 @@ else:
         if fr.empty:
             st.info("`frontier.json` has no rows.")
         else:
-            st.plotly_chart(ce.frontier_chart(fr), key="frontier")
+            figures.show(ce.frontier_chart(fr), key="frontier")
             st.caption("Moving right means more varied text; the best generator stays high (on topic) as it does. "
                        "Hover a point for BLEU, ROUGE-L, self-BLEU and the share of diverged paths.")
             st.download_button("Frontier (CSV)", fr.to_csv(index=False), "frontier.csv", "text/csv",

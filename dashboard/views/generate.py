@@ -1,9 +1,12 @@
 """Generate: sample paths from a prompt, their text, and drift against diffusion."""
 
+import html
+import textwrap
+
 import numpy as np
 import streamlit as st
 
-from dashboard import charts, compute, session, shaping, token_html
+from dashboard import charts, compute, figures, session, shaping, token_html
 from sdecore.limits import MAX_PROMPT_TOKENS
 
 st.title("Generate")
@@ -96,6 +99,23 @@ def path_metrics(i: int, item: dict) -> dict:
             "prompt": prompt, "scale": scale, "solver": solver, "substeps": substeps, "seed": seed, "snap": snap}
 
 
+REPLAY_PATHS = 16
+
+
+def replay_captions(r: dict, i: int) -> list[str]:
+    """Per step k, path i's text after k tokens: the text the replay shows growing."""
+    toks = r["token_strs"][i]
+    steps = r["token_ids"].shape[1]
+    return [f"<b>path {i + 1}, token {k}:</b> " + _wrap(ck.embedder.decode(r["token_ids"][i][:min(k, len(toks))]))
+            for k in range(steps + 1)]
+
+
+def _wrap(text: str, width: int = 70, lines: int = 3) -> str:
+    """Plotly annotations do not wrap: break the text into lines, keeping its end."""
+    parts = textwrap.wrap(text, width) or [""]
+    return "<br>".join(html.escape(p) for p in parts[-lines:])
+
+
 @st.fragment
 def path_views() -> None:
     """The charts, the map and the downloads: a fragment, so that their own controls (the fan
@@ -118,14 +138,30 @@ def path_views() -> None:
     else:
         values, base_values = np.stack([p[:, 0] for p in xy]), base_xy[:, 0]
         qname, unit = f"{proj['label']} axis 1", "map units"
+    r1, r2 = st.columns(2)
+    replay = r1.toggle("Replay token by token", key="replay", **bind,
+                       help="Adds a play button and a slider to the fan chart and the map: the paths unfold one token "
+                            "at a time, the decoded text growing above them.")
+    options = ["none"] + [str(i + 1) for i in range(len(res["texts"]))]
+    pick = r2.selectbox("Highlight a path", options, key="highlight", **bind,
+                        help="Draws one path bold and the others faint, on both charts and in the replay's text.")
+    highlight = int(pick) - 1 if pick != "none" and int(pick) <= len(res["texts"]) else None
+    shown = list(range(len(xy)))
+    if replay and len(shown) > REPLAY_PATHS:  # frames repeat each path's points once per step: keep them few
+        shown = sorted(set(range(REPLAY_PATHS - 1)) | {highlight if highlight is not None else REPLAY_PATHS - 1})
+        st.caption(f"The replay draws {REPLAY_PATHS} of the {len(xy)} paths (the highlighted one among them).")
+    lit = shown.index(highlight) if highlight in shown else None
+    captions = replay_captions(res, highlight if highlight is not None else 0) if replay else None
     left, right = st.columns(2)
     with left:
-        st.plotly_chart(charts.fan_chart(res["t"], values, base_values, qname, unit,
-                                         f"Fan of {len(values)} paths at s = {scale:g}"), key="fan")
+        figures.show(charts.fan_chart(res["t"], values[shown], base_values, qname, unit,
+                                      f"Fan of {len(values)} paths at s = {scale:g}", lit, captions), key="fan",
+                     name="fan_chart")
         st.caption("Look for the band widening with s while the dashed drift-only path stays put: diffusion spreads "
                    "the paths around the drift.")
     with right:
-        st.plotly_chart(charts.magnitude_chart(res["t"][:-1], drift_mag, diff_mag), key="magnitudes")
+        figures.show(charts.magnitude_chart(res["t"][:-1], drift_mag, diff_mag), key="magnitudes",
+                     name="drift_vs_diffusion")
         st.caption("Where the red curve passes the blue one, noise outweighs the drift's pull and the text starts to "
                    "wander; at s = 0 the red curve is zero.")
 
@@ -139,11 +175,12 @@ def path_views() -> None:
     near = compute.nearest_tokens(*args, float(scale), *rest)
     base_near = compute.nearest_tokens(folder, stamp, prompt, 1, int(tokens), 0.0, solver, int(substeps), 0,
                                        bool(snap))
-    hovers = [hover(i, res, near) for i in range(len(xy))]
-    st.plotly_chart(charts.map_chart(proj["ref_xy"], proj["ref_tokens"], xy, hovers, base_xy, hover(0, base, base_near),
-                                     proj["label"]), key="map")
+    hovers = [hover(i, res, near) for i in shown]
+    figures.show(charts.map_chart(proj["ref_xy"], proj["ref_tokens"], [xy[i] for i in shown], hovers, base_xy,
+                                  hover(0, base, base_near), proj["label"], lit, captions), key="map", name="paths_map")
     st.caption("Grey dots are frequent tokens; hover a path's point to see the token nearest to it. With snapping on, "
-               "each step starts from the decoded token's embedding.")
+               "each step starts from the decoded token's embedding."
+               + (" Press play to watch the paths unfold; drag the slider to stop at a token." if replay else ""))
 
     rows = charts.paths_frame_rows(res, xy, "map", drift_mag, diff_mag)
     summary = [path_metrics(i, item) for i, item in enumerate(res["texts"])]

@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts_losses as cl
-from dashboard import compute, session, shaping, token_html
+from dashboard import compute, figures, session, shaping, token_html
 
 DEFAULT_TEXT = ("Try to go to bed at the same time every night, keep your bedroom dark and cool, "
                 "and avoid screens for an hour before sleep.")
@@ -30,7 +30,7 @@ else:
     if refs.get("diffusion_constant_sigma") and best.get("diffusion") is not None:
         m[3].metric("Diffusion loss vs constant sigma", f"{best['diffusion']:.3f}",
                     f"{best['diffusion'] - refs['diffusion_constant_sigma']:+.3f}", delta_color="inverse")
-    st.plotly_chart(cl.history_chart(rows, refs, hist.get("best_epoch")), key="history")
+    figures.show(cl.history_chart(rows, refs, hist.get("best_epoch")), key="history")
     st.caption("Validation curves (dashed) should fall with the training ones and end below the dotted reference "
                "lines: a learned drift beats no drift, a learned sigma beats a constant one.")
     st.download_button("Training history (CSV)", rows.to_csv(index=False), "history.csv", "text/csv",
@@ -63,7 +63,7 @@ st.markdown("**Diffusion loss** of the step that reaches each token (darker: the
             + "  \n" + token_html.legend_html(f"diffusion loss above {min(lo, 0.0):.2f}", (209, 73, 91),
                                               float(np.nanmax(shifted)), "{:.2f}"), unsafe_allow_html=True)
 
-st.plotly_chart(cl.token_loss_chart(toks, tr["drift_loss"], tr["diffusion_loss"], tr["nll"]), key="token_losses")
+figures.show(cl.token_loss_chart(toks, tr["drift_loss"], tr["diffusion_loss"], tr["nll"]), key="token_losses")
 st.caption("Tall bars mark the tokens the drift did not see coming; the black line is how unlikely the emission "
            "found the actual next token.")
 
@@ -75,7 +75,7 @@ def tf(points):
     return shaping.project(proj, points)
 
 
-st.plotly_chart(cl.trajectory_map_chart(proj["ref_xy"], proj["ref_tokens"], tf(tr["states"]), tf(tr["one_step"]),
+figures.show(cl.trajectory_map_chart(proj["ref_xy"], proj["ref_tokens"], tf(tr["states"]), tf(tr["one_step"]),
                                         tf(tr["free_run"]), toks, proj["label"]), key="trajectory_map")
 st.caption("One-step predictions (crosses) start from the true prefix each time; the free-running drift (dashed) "
            "starts from the first token and never sees the text again, so it drifts toward the attractor.")

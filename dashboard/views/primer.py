@@ -8,7 +8,7 @@ import streamlit as st
 
 from dashboard import charts_primer as cp
 from dashboard import charts_stability as cs
-from dashboard import toy
+from dashboard import figures, toy
 from sdecore import stability
 
 st.title("Primer: drift and diffusion in two dimensions")
@@ -47,18 +47,18 @@ if exact is not None:
 
 left, right = st.columns([1.1, 1])
 with left:
-    st.plotly_chart(cp.field_chart(toy.field(kind, float(strength)), t, x, f"{kind}: drift field and sample paths"),
+    figures.show(cp.field_chart(toy.field(kind, float(strength)), t, x, f"{kind}: drift field and sample paths"),
                     key="toy_field")
     st.caption("Arrows show the drift; with noise 0 every path follows them to the bottom of a basin. In the double "
                "well, enough noise lets paths hop between the two basins.")
 with right:
-    st.plotly_chart(cp.toy_v_chart(t, V, bound, exact, env.ultimate), key="toy_v")
+    figures.show(cp.toy_v_chart(t, V, bound, exact, env.ultimate), key="toy_v")
     st.caption("The simulated mean stays under the dashed Lyapunov bound; for Ornstein-Uhlenbeck the bound is exact "
                "and the dotted formula lies on it.")
     fig = cs.envelope_chart(V[:, ::4], LV[:, ::4], env.alpha, env.beta, t[::4])
     fig.update_xaxes(title_text="V = |x|^2 (state units^2)")
     fig.update_yaxes(title_text="LV (state units^2 per time unit)")
-    st.plotly_chart(fig, key="toy_envelope")
+    figures.show(fig, key="toy_envelope")
     st.caption("Each point is one state; the line LV = -alpha V + beta lies above nearly all of them. Noise lifts "
                "every point by 2 sigma^2.")
 

@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts_stability as cs
-from dashboard import compute, session
+from dashboard import compute, figures, session
 
 st.title("Stability")
 st.markdown(
@@ -58,15 +58,15 @@ st.caption(note)
 
 left, right = st.columns(2)
 with left:
-    st.plotly_chart(cs.v_chart(ly["t"], ly["V"], ly["mean_V"], ly["bound"], ly["ultimate"], ly["radius2"]),
+    figures.show(cs.v_chart(ly["t"], ly["V"], ly["mean_V"], ly["bound"], ly["ultimate"], ly["radius2"]),
                     key="v_chart")
     st.caption("The simulated mean should stay under the dashed bound; both level off near beta/alpha when alpha > 0.")
 with right:
-    st.plotly_chart(cs.envelope_chart(ly["V"], ly["LV"], ly["alpha"], ly["beta"], ly["t"]), key="envelope")
+    figures.show(cs.envelope_chart(ly["V"], ly["LV"], ly["alpha"], ly["beta"], ly["t"]), key="envelope")
     st.caption("Nearly every point lies under the line; the steeper it falls (alpha), the harder the drift pulls back.")
 left, right = st.columns(2)
 with left:
-    st.plotly_chart(cs.lv_time_chart(ly["t"], ly["LV"]), key="lv_time")
+    figures.show(cs.lv_time_chart(ly["t"], ly["LV"]), key="lv_time")
     st.caption("Negative LV means V is expected to shrink at that moment; raising s lifts LV by s^2 sum sigma^2.")
 
 sweep_slot = right.container()  # filled last: the sweep is the slow part, the rest shows first
@@ -74,12 +74,12 @@ sweep_slot = right.container()  # filled last: the sweep is the slow part, the r
 st.subheader("Process properties")
 left, right = st.columns(2)
 with left:
-    st.plotly_chart(cs.qv_chart(ly["t"], ly["qv"], ly["isigma2"]), key="qv")
+    figures.show(cs.qv_chart(ly["t"], ly["qv"], ly["isigma2"]), key="qv")
     st.caption("The realised quadratic variation tracks s^2 times the integrated sigma^2 when diffusion dominates; "
                "on the token grid the drift's own steps add to it.")
 with right:
     if ly["acf"] is not None:
-        st.plotly_chart(cs.acf_chart(ly["acf"]), key="acf")
+        figures.show(cs.acf_chart(ly["acf"]), key="acf")
         st.caption("Brownian increments are uncorrelated; bars away from zero show the memory the drift carries.")
     else:
         st.info("Too few steps for an increment autocorrelation: ask for more tokens.")
@@ -93,7 +93,7 @@ def sweep_section(paths: int, tokens: int) -> None:
     scales = compute.SWEEP_GRIDS[grid]
     with st.spinner(f"Sweeping {len(scales)} diffusion scales (cached afterwards) ..."):
         sw = compute.sweep(folder, stamp, prompt, scales, paths, tokens, int(substeps), int(seed))
-    st.plotly_chart(cs.sweep_chart(sw["scales"], sw["ultimate"], sw["beta"], sw["diverged_share"], sw["radius2"],
+    figures.show(cs.sweep_chart(sw["scales"], sw["ultimate"], sw["beta"], sw["diverged_share"], sw["radius2"],
                                    sw["critical"], float(scale)), key="sweep")
     crit = (f"critical scale s ≈ {sw['critical']:.2f}" if sw["critical"] is not None
             else "no critical scale in the sweep")

@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts_losses as cl
-from dashboard import runs, shaping, uploads
+from dashboard import figures, runs, shaping, uploads
 
 st.title("Train a model on your own text")
 st.markdown(
@@ -48,7 +48,7 @@ if frame is not None:
             bar.progress(len(records) / epochs, text=f"Epoch {record['epoch']} of {epochs}: validation total "
                          f"{v['total']:.3f}, token perplexity {v['token_ppl']:,.0f} ({record['seconds']:.0f} s)")
             rows = pd.DataFrame(shaping.history_rows({"epochs": records}), columns=["epoch", "split", "loss", "value"])
-            live.plotly_chart(cl.history_chart(rows))
+            live.plotly_chart(cl.history_chart(rows), config=figures.toolbar("training_history"))
 
         def on_wait(place: int) -> None:
             ahead = place - 1
@@ -84,7 +84,7 @@ if last:
     st.subheader(f"Last training: {last['name']}")
     hist = last["history"]
     rows = pd.DataFrame(shaping.history_rows(hist), columns=["epoch", "split", "loss", "value"])
-    st.plotly_chart(cl.history_chart(rows, hist.get("references"), hist.get("best_epoch")), key="train_history")
+    figures.show(cl.history_chart(rows, hist.get("references"), hist.get("best_epoch")), key="train_history")
     st.caption("Validation losses (dashed) below the dotted references mean the model learned more than a zero drift "
                "and a constant sigma.")
     st.success(f"Saved to `{last['folder']}` and active now: open **Generate** to explore it.")
