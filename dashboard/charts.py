@@ -58,9 +58,13 @@ def figure(traces: list[dict], layout: dict) -> go.Figure:
         return go.Figure(data=traces, layout=layout)
 
 
-def rgba(hex_color: str, alpha: float) -> str:
-    h = hex_color.lstrip("#")
-    r, g, b = (int(h[i:i + 2], 16) for i in (0, 2, 4))
+def rgba(color: str, alpha: float) -> str:
+    """``color`` ("#rrggbb" or "rgb(r, g, b)", as plotly's palettes give them) with opacity ``alpha``."""
+    if color.startswith("rgb"):
+        r, g, b = (int(float(v)) for v in color[color.index("(") + 1:color.index(")")].split(",")[:3])
+    else:
+        h = color.lstrip("#")
+        r, g, b = (int(h[i:i + 2], 16) for i in (0, 2, 4))
     return f"rgba({r},{g},{b},{alpha})"
 
 

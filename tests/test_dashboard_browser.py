@@ -23,7 +23,10 @@ PAGES = {
     "Stability": ("Stability", 6),
     "Losses and trajectories": ("Losses and trajectories", 3),
     "Evaluation": ("Evaluation", None),
+    "Same noise": ("Same noise, different scales", 1),
+    "What the nets learned": ("What the nets learned", 5),
     "Primer": ("Primer: drift and diffusion in two dimensions", 3),
+    "Lessons": ("Lessons", 0),
     "Train": ("Train a model on your own text", 0),
 }
 
@@ -164,6 +167,48 @@ def test_shared_url_reopens_the_view(browser_page, server):
     assert page.locator('[data-testid="stSlider"] input[type=range]').first.input_value() == "2.5"
     assert page.locator("textarea").first.input_value() == "Why is the sky blue?"
     assert page.get_by_text("Data credit: NVIDIA HelpSteer (CC-BY-4.0)").count() == 1  # the app's own sidebar
+
+
+def _frame_points(page) -> list[int]:
+    """Per chart on the page, how many points its second trace draws now (a replay changes it)."""
+    return page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].map("
+                         "g => (g._fullData && g._fullData[1] && g._fullData[1].x) ? g._fullData[1].x.length : -1)")
+
+
+def test_a_lesson_link_and_the_replay_in_chromium(browser_page, server):
+    """Follow lesson 2's link from the Lessons page: Generate opens with the replay on; press play
+    on the map and watch its frames advance."""
+    page = browser_page
+    page.goto(server + "lessons")
+    page.get_by_role("heading", name="Lessons", exact=True).first.wait_for(timeout=60_000)
+    _assert_no_exception(page, "Lessons")
+    page.locator(".st-key-lesson_2").get_by_role("link", name="Generate with the replay on").click()
+    page.get_by_role("heading", name="Generate", exact=True).first.wait_for(timeout=60_000)
+    _settle(page, 3)
+    _assert_no_exception(page, "Generate from lesson 2")
+    assert "replay=true" in page.url and "highlight=1" in page.url, page.url
+    full = _frame_points(page)[2]
+    assert full > 1
+    page.locator(".js-plotly-plot").nth(2).locator(".updatemenu-button", has_text="Play").first.click()
+    seen = set()
+    deadline = time.time() + 20
+    while time.time() < deadline and not (len(seen) >= 3 and full in seen):
+        seen.add(_frame_points(page)[2])
+        page.wait_for_timeout(100)
+    print(f"map points seen while playing: {sorted(seen)}")
+    assert len(seen) >= 3, f"the frames must advance after play is pressed, saw {sorted(seen)}"
+    assert min(seen) < full, "the replay starts from the first token"
+    _assert_no_exception(page, "Generate after play")
+
+    # lesson 3's link sets the Same noise page's scales
+    page.goto(server + "lessons")
+    page.get_by_role("heading", name="Lessons", exact=True).first.wait_for(timeout=60_000)
+    page.locator(".st-key-lesson_3").get_by_role("link", name="Compare four scales on one seed").click()
+    page.get_by_role("heading", name="Same noise, different scales", exact=True).first.wait_for(timeout=60_000)
+    _settle(page, 1)
+    _assert_no_exception(page, "Same noise from lesson 3")
+    assert page.url.count("scales=") == 4, page.url
+    assert page.locator(".st-key-aligned table").count() == 1
 
 
 def test_upload_and_train_in_the_browser(browser_page, server, tmp_path):

@@ -187,10 +187,10 @@ def test_lessons_link_to_pages_with_their_settings(model_env):
     queries = [parse_qs(link.proto.query_string) for link in links]
     pages = [link.proto.page_script_hash for link in links]  # lessons 1, 2 and 4 open Generate, 3 Same noise
     assert pages[0] == pages[1] == pages[3] != pages[2] and pages[4] == pages[5] not in (pages[0], pages[2])
-    assert queries[0]["scale"] == ["0.0"] and queries[2]["scales"] == ["0.05", "0.1", "0.25", "1"]
+    assert queries[0]["scale"] == ["0.0"] and queries[2]["scales"] == ["0.02", "0.1", "0.5", "2"]
     # each link's settings are ones its page accepts: opened with them, the page runs clean and shows them
     at = start("views/compare.py", query={k: v if len(v) > 1 else v[0] for k, v in queries[2].items()})
-    assert at.multiselect(key="scales").value == ["0.05", "0.1", "0.25", "1"]
+    assert at.multiselect(key="scales").value == ["0.02", "0.1", "0.5", "2"]
     assert at.number_input(key="paths").value == 16
     gen = start(query={k: v[0] for k, v in queries[1].items()})
     assert gen.toggle(key="replay").value is True and gen.selectbox(key="highlight").value == "1"
@@ -208,3 +208,11 @@ def test_new_pages_without_a_model_explain(page, monkeypatch, tmp_path):
     at.switch_page(page).run()
     assert_clean(at)
     assert any("Cannot load the model" in e.value for e in at.error)
+
+
+def test_rgba_reads_both_of_plotlys_colour_forms():
+    from dashboard import charts
+
+    assert charts.rgba("#1f77b4", 0.5) == "rgba(31,119,180,0.5)"
+    assert charts.rgba("rgb(102, 194, 165)", 0.3) == "rgba(102,194,165,0.3)"
+    assert all(charts.path_style(i, None, 1.0, 0.4)[0].startswith("rgba(") for i in range(len(charts.PALETTE) + 2))

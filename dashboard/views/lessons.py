@@ -28,7 +28,7 @@ LESSONS = [
             "way. The slider stops the film at any token."},
     {"title": "3. Same noise, different s",
      "page": "views/compare.py", "label": "Compare four scales on one seed",
-     "params": {"prompt": PROMPT, "scales": ["0.05", "0.1", "0.25", "1"], "paths": "16", "seed": "0"},
+     "params": {"prompt": PROMPT, "scales": ["0.02", "0.1", "0.5", "2"], "paths": "16", "seed": "0"},
      "look": "Read down a column of the aligned texts: the same moment under stronger and stronger noise. The "
              "outlined token, where a path first leaves the drift's text, moves left as s grows; the curves of "
              "the chart climb earlier.",
