@@ -299,7 +299,7 @@ def with_replay(traces: list[dict], layout: dict, timed: list[int], steps: int, 
                                           {"label": "❚❚ Pause", "method": "animate",
                                            "args": [[None], {"frame": {"duration": 0, "redraw": False},
                                                              "mode": "immediate", "transition": {"duration": 0}}]}]}]
-    layout["sliders"] = [{"active": steps, "x": 0.16, "len": 0.84, "y": -0.2, "yanchor": "top", "pad": {"t": 0},
+    layout["sliders"] = [{"active": steps, "x": 0.24, "len": 0.76, "y": -0.2, "yanchor": "top", "pad": {"t": 0},
                           "currentvalue": {"prefix": f"{label} ", "font": {"size": 12}},
                           "steps": [{"label": str(k), "method": "animate",
                                      "args": [[str(k)], {"frame": {"duration": 0, "redraw": True}, "mode": "immediate",

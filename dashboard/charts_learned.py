@@ -97,7 +97,7 @@ def escape_chart(scales: list[float], escaped: list[float], same_cycle: list[flo
         layout["shapes"] = [{"type": "line", "x0": escape_scale, "x1": escape_scale, "y0": 0, "y1": 1, "yref": "paper",
                              "line": {"color": BOUND_COLOR, "dash": "dot", "width": 1.5}}]
         layout["annotations"] = [{"x": float(np.log10(escape_scale)), "y": 1.0, "yref": "paper", "yanchor": "bottom",
-                                  "text": f"half escape at s ≈ {escape_scale:.3g}", "showarrow": False,
+                                  "text": f"half escape from s ≈ {escape_scale:.3g} on", "showarrow": False,
                                   "font": {"color": BOUND_COLOR}}]
     return figure(traces, layout)
 

@@ -138,7 +138,8 @@ class DriftAttractor:
     scan: at each diffusion scale ``scales[i]``, the share ``escaped[i]`` of ``paths`` paths (one
     seed) whose text no longer settles into a loop (:func:`find_cycle` finds none in it) and the
     share ``same_cycle[i]`` still running along the drift's own cycle at the end; ``escape_scale``:
-    the smallest scale at which at least half of the paths escape (None when no scale tried does)."""
+    the smallest scale from which on at least half of the paths escape at every scale of the grid
+    (None when the largest does not)."""
 
     kind: str
     start: int | None
@@ -161,8 +162,9 @@ def drift_attractor(model: TextSDE, embedder: Embedder, prompt: str, *, tokens: 
                     seed: int = 0, scales=ESCAPE_SCALES, refine: int = 2, substeps: int = 1) -> DriftAttractor:
     """The drift-only text's cycle (:func:`find_cycle`) and the scan of scales that escape it.
 
-    The scales are run together (one batch, the same Brownian path at each); the first bracket
-    [last scale that stays, first scale that escapes] is then halved ``refine`` times."""
+    The scales are run together (one batch, the same Brownian path at each); the bracket [the grid
+    scale below, the smallest grid scale from which on every one escapes] is then halved ``refine``
+    times."""
     check_prompt(embedder, prompt)
     base = simulate_requests(model, embedder, [SampleRequest(prompt, paths=1, tokens=tokens, diffusion_scale=0.0,
                                                              substeps=substeps)])[0]
@@ -188,7 +190,9 @@ def drift_attractor(model: TextSDE, embedder: Embedder, prompt: str, *, tokens: 
 
     grid = sorted(float(s) for s in scales)
     tried = dict(zip(grid, scan(grid)))
-    first = next((s for s in grid if tried[s][0] >= 0.5), None)
+    # the smallest grid scale from which on every scale tried escapes: one lucky seed at a small s
+    # (a path knocked into a stretch that happens not to loop) does not count
+    first = next((s for i, s in enumerate(grid) if all(tried[g][0] >= 0.5 for g in grid[i:])), None)
     escape = None
     if first is not None:
         below = [s for s in grid if s < first]

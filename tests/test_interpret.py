@@ -80,8 +80,8 @@ def test_the_attractor_of_a_hand_built_drift_is_its_cycle(embedder):
     assert a.escaped[a.scales.index(0.01)] == 0.0 and a.same_cycle[a.scales.index(0.01)] == 1.0
     assert a.escaped[a.scales.index(10.0)] >= 0.5
     assert a.escape_scale is not None and 0.01 < a.escape_scale <= 10.0
-    below = [e for s, e in zip(a.scales, a.escaped) if s < a.escape_scale]
-    assert all(e < 0.5 for e in below)
+    assert all(e >= 0.5 for s, e in zip(a.scales, a.escaped) if s >= a.escape_scale)
+    assert any(e < 0.5 for s, e in zip(a.scales, a.escaped) if s < a.escape_scale)
 
 
 def test_a_drift_without_a_loop_has_no_attractor(embedder):
