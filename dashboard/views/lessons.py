@@ -37,9 +37,10 @@ LESSONS = [
     {"title": "4. Raise s until the text goes off the rails",
      "page": "views/generate.py", "label": "Generate at s = 4",
      "params": {"prompt": PROMPT, "scale": "4.0", "paths": "16", "seed": "0"},
-     "look": "The decode probabilities (the shading) fade, the texts stop reading as language, and the red "
-             "diffusion curve stands far above the blue drift curve. Then open the Stability page's sweep to see "
-             "where the model's critical scale lies.",
+     "look": "The texts stop reading as language: rare words and word pieces in no order. The red diffusion "
+             "curve stands well above the blue drift curve. The shading does not fade, though: far from every "
+             "token, the nearest one wins clearly, so a confident decode is not a sensible one. Then open the "
+             "Stability page's sweep to see where the model's critical scale lies.",
      "why": "When s sigma dW outweighs mu dt, each step lands wherever the noise sends it, far from any token the "
             "drift would choose: the drift's pull back towards language is lost."},
     {"title": "5. Where the model is unsure",
