@@ -100,28 +100,34 @@ def path_style(i: int, highlight: int | None, width: float = 1.5, alpha: float =
 
 
 def fan_chart(t: np.ndarray, values: np.ndarray, drift_only: np.ndarray | None, quantity: str, unit: str,
-              title: str, highlight: int | None = None, captions: list[str] | None = None) -> go.Figure:
-    """Quantile bands (5-95%, 25-75%) and the median of a per-step quantity across paths,
-    each path faintly (``highlight``: one path bold, the rest grey), and the drift-only path
-    (scale 0) dashed. With ``captions`` (one text per step), the chart replays token by token
-    (:func:`with_replay`).
+              title: str, highlight: int | None = None, captions: list[str] | None = None,
+              shown: list[int] | None = None) -> go.Figure:
+    """Quantile bands (5-95%, 25-75%) and the median of a per-step quantity across all paths,
+    the ``shown`` paths' own lines faintly (all by default; ``highlight``, a path index, bold and
+    on top, the rest grey), and the drift-only path (scale 0) dashed. With ``captions`` (one text
+    per step), the chart replays token by token (:func:`with_replay`).
 
     t: (steps + 1,); values: (paths, steps + 1); drift_only: (steps + 1,) or None.
     """
     q = quantiles(values, (0.05, 0.25, 0.5, 0.75, 0.95))
     traces = band_traces(t, q[0], q[4], DIFFUSION_COLOR, "5-95% of paths", 0.15)
     traces += band_traces(t, q[1], q[3], DIFFUSION_COLOR, "25-75% of paths", 0.3)
-    order = [i for i in range(len(values)) if i != highlight] + ([highlight] if highlight is not None else [])
-    for i in order:
+    shown = list(range(len(values))) if shown is None else list(shown)
+
+    def line(i: int) -> dict:
         color, width = path_style(i, highlight, 1.0, 0.45)
-        traces.append({"type": "scatter", "x": t, "y": values[i], "mode": "lines", "name": f"path {i + 1}",
-                       "line": {"width": width, "color": color}, "showlegend": i == highlight,
-                       "hovertemplate": f"path {i + 1}<br>t=%{{x}}<br>{quantity}=%{{y:.3g}}<extra></extra>"})
+        return {"type": "scatter", "x": t, "y": values[i], "mode": "lines", "name": f"path {i + 1}",
+                "line": {"width": width, "color": color}, "showlegend": i == highlight,
+                "hovertemplate": f"path {i + 1}<br>t=%{{x}}<br>{quantity}=%{{y:.3g}}<extra></extra>"}
+
+    traces += [line(i) for i in shown if i != highlight]
     traces.append({"type": "scatter", "x": t, "y": q[2], "mode": "lines", "name": "median of paths",
                    "line": {"width": 2.5, "color": DIFFUSION_COLOR}})
     if drift_only is not None:
         traces.append({"type": "scatter", "x": t, "y": drift_only, "mode": "lines+markers", "marker": {"size": 5},
                        "line": {"width": 2.5, "dash": "dash", "color": BOUND_COLOR}, "name": "drift only (scale 0)"})
+    if highlight in shown:
+        traces.append(line(highlight))
     layout = base_layout(title, TIME_AXIS, f"{quantity} ({unit})")
     if captions:
         return with_replay(traces, layout, list(range(len(traces))), len(t) - 1, captions)
@@ -130,20 +136,22 @@ def fan_chart(t: np.ndarray, values: np.ndarray, drift_only: np.ndarray | None, 
 
 def map_chart(ref_xy: np.ndarray, ref_tokens: list[str], paths_xy: list[np.ndarray], hovers: list[list[str]],
               drift_xy: np.ndarray | None, drift_hover: list[str] | None, map_label: str, highlight: int | None = None,
-              captions: list[str] | None = None) -> go.Figure:
+              captions: list[str] | None = None, labels: list[int] | None = None) -> go.Figure:
     """Sample paths drawn on a 2-D map of the embedding space over its reference tokens.
 
     ref_xy: (n, 2) reference token coordinates; paths_xy: per path (steps + 1, 2), NaN after
     divergence; hovers: per path, one label per point (its nearest token); drift_xy: (steps + 1, 2).
-    ``highlight``: one path bold, the rest grey; with ``captions`` (one text per step) the paths
-    replay token by token (:func:`with_replay`).
+    ``labels``: each given path's index among all the paths (default 0, 1, ...), which names and
+    colours it; ``highlight``: that index drawn bold and on top, the rest grey; with ``captions``
+    (one text per step) the paths replay token by token (:func:`with_replay`).
     """
     traces = [{"type": "scatter", "x": ref_xy[:, 0], "y": ref_xy[:, 1], "mode": "markers", "text": ref_tokens,
                "marker": {"size": 4, "color": rgba("#7f8c8d", 0.35)}, "name": "reference tokens",
                "hovertemplate": "token %{text}<extra></extra>"}]
-    order = [i for i in range(len(paths_xy)) if i != highlight] + ([highlight] if highlight is not None else [])
-    for i in order:
-        xy, hv = paths_xy[i], hovers[i]
+    labels = list(range(len(paths_xy))) if labels is None else list(labels)
+    order = [j for j, i in enumerate(labels) if i != highlight] + [j for j, i in enumerate(labels) if i == highlight]
+    for j in order:
+        i, xy, hv = labels[j], paths_xy[j], hovers[j]
         color, width = path_style(i, highlight)
         traces.append({"type": "scatter", "x": xy[:, 0], "y": xy[:, 1], "mode": "lines+markers", "text": hv,
                        "name": f"path {i + 1}", "line": {"width": width, "color": color},
@@ -213,7 +221,7 @@ def _axis_title(layout, name: str) -> str:
 
 def figure_rows(fig: go.Figure) -> list[dict]:
     """The data a chart draws, one row per point of each trace (``trace``, ``x``, ``y``, and ``z``
-    for heat maps, ``text`` where the points carry labels): the chart's CSV download. ``panel``
+    for heat maps and contours, ``text`` where the points carry labels): the chart's CSV download. ``panel``
     names the axes a trace is drawn on, with their titles, when the chart has several."""
     lay = fig.layout
     panels = {(getattr(t, "xaxis", None) or "x", getattr(t, "yaxis", None) or "y") for t in fig.data}
@@ -223,7 +231,7 @@ def figure_rows(fig: go.Figure) -> list[dict]:
         xa, ya = getattr(tr, "xaxis", None) or "x", getattr(tr, "yaxis", None) or "y"
         panel = f"{_axis_title(lay, xa.replace('x', 'xaxis'))} / {_axis_title(lay, ya.replace('y', 'yaxis'))}"
         x, y = getattr(tr, "x", None), getattr(tr, "y", None)
-        z = getattr(tr, "z", None) if tr.type == "heatmap" else None
+        z = getattr(tr, "z", None) if tr.type in ("heatmap", "contour") else None
         text = getattr(tr, "text", None)
 
         head = {"trace": name, "panel": panel} if len(panels) > 1 else {"trace": name}

@@ -7,6 +7,14 @@ import math
 
 import numpy as np
 
+# characters Streamlit's markdown would read between the spans (emphasis, code, KaTeX, links)
+_MARKDOWN = str.maketrans({c: f"&#{ord(c)};" for c in "$*_`~[]\\|#"})
+
+
+def escape_text(s: str) -> str:
+    """HTML-escaped text that Streamlit's markdown also leaves as it is."""
+    return html.escape(s).translate(_MARKDOWN)
+
 
 def token_spans(tokens: list[str], values, vmax: float | None = None, rgb: tuple[int, int, int] = (209, 73, 91),
                 label: str = "value", fmt: str = "{:.3f}") -> str:
@@ -22,11 +30,11 @@ def token_spans(tokens: list[str], values, vmax: float | None = None, rgb: tuple
     parts = []
     for tok, v in zip(tokens, vals):
         glue = tok.startswith("##")
-        text = html.escape(tok[2:] if glue else tok)
+        text = escape_text(tok[2:] if glue else tok)
         if math.isfinite(v):
             a = min(max(v / top, 0.0), 1.0) * 0.85
             style = f"background:rgba({rgb[0]},{rgb[1]},{rgb[2]},{a:.2f});border-radius:3px;padding:0 2px"
-            title = html.escape(f"{tok}: {label} {fmt.format(v)}")
+            title = escape_text(f"{tok}: {label} {fmt.format(v)}")
             span = f'<span style="{style}" title="{title}">{text}</span>'
         else:
             span = f'<span style="padding:0 2px">{text}</span>'

@@ -49,7 +49,7 @@ def diffusion_ranking(model: TextSDE, embedder: Embedder, *, among: int = 5000, 
     unigram prior; a rare token's sigma was barely trained). Returns ``least`` and ``most`` (lists of
     {"token", "id", "sigma"}, most certain first and least certain first) and ``sigma`` (all
     ``among`` values, for a histogram)."""
-    ids = model.emission.frequent_tokens(among).cpu().numpy()
+    ids = model.emission.frequent_tokens(min(among, int(model.emission.support_mask.sum()))).cpu().numpy()
     sig = token_diffusion(model, ids)
     order = np.argsort(sig, kind="stable")
     toks = embedder.tokens([int(v) for v in ids])
@@ -63,7 +63,7 @@ def diffusion_ranking(model: TextSDE, embedder: Embedder, *, among: int = 5000, 
 # ----------------------------------------------------------------------------- along a text
 @dataclass
 class TextSteps:
-    """A text read with teacher forcing: per position k (its first ``len(tokens)`` tokens), the
+    """A text read with teacher forcing: per position k (its last ``max_tokens`` tokens), the
     diffusion ``sigma`` (sqrt of the mean sigma_d^2) at the state after token k, and the ``top``
     tokens decoded where one noiseless step lands, x_k + mu dt (the token k itself excluded, as
     in generation), with their probabilities."""
@@ -132,11 +132,13 @@ def follows_cycle(ids, cycle: list[int], length: int) -> bool:
 class DriftAttractor:
     """Where the drift alone leads from a prompt.
 
-    ``kind``: "fixed token", "cycle" or "none" (no repeat within ``tokens`` tokens); ``start``:
+    ``kind``: "cycle" or "none" (no repeat within ``tokens`` tokens; "fixed token", a period of one,
+    cannot occur from the sampler, which never emits a token twice in a row); ``start``:
     the step (0 = the first continued token) from which the drift-only text repeats, ``period``
     and ``cycle`` (its tokens) and ``cycle_ids``; ``drift_text``: the drift-only tokens. The escape
     scan: at each diffusion scale ``scales[i]``, the share ``escaped[i]`` of ``paths`` paths (one
-    seed) whose text no longer settles into a loop (:func:`find_cycle` finds none in it) and the
+    seed) whose text no longer settles into a loop (:func:`find_cycle` finds none in it; a path
+    that stopped, having left the vocabulary's cloud, counts as escaped) and the
     share ``same_cycle[i]`` still running along the drift's own cycle at the end; ``escape_scale``:
     the smallest scale from which on at least half of the paths escape at every scale of the grid
     (None when the largest does not)."""

@@ -216,3 +216,28 @@ def test_rgba_reads_both_of_plotlys_colour_forms():
     assert charts.rgba("#1f77b4", 0.5) == "rgba(31,119,180,0.5)"
     assert charts.rgba("rgb(102, 194, 165)", 0.3) == "rgba(102,194,165,0.3)"
     assert all(charts.path_style(i, None, 1.0, 0.4)[0].startswith("rgba(") for i in range(len(charts.PALETTE) + 2))
+
+
+def test_replay_of_many_paths_keeps_names_colours_and_bands(model_env):
+    """With more paths than the replay draws, the highlighted path keeps its own name and colour,
+    and the fan's bands still come from every path."""
+    at = start(query={"paths": "20", "tokens": "4", "highlight": "19"})
+    bands = [t["y"] for t in _spec(at, 0)["data"][:4]]
+    colour = [t for t in _spec(at, 2)["data"] if t["name"] == "path 19"][0]["line"]["color"]
+    at.toggle(key="replay").set_value(True).run()
+    assert_clean(at)
+    fan, paths_map = _spec(at, 0), _spec(at, 2)
+    assert [t["y"] for t in fan["data"][:4]] == bands
+    names = [t["name"] for t in paths_map["data"] if t["name"].startswith("path ")]
+    assert len(names) == 16 and names[-1] == "path 19" and "path 16" not in names
+    assert [t for t in paths_map["data"] if t["name"] == "path 19"][0]["line"]["color"] == colour
+    assert fan["data"][-1]["name"] == "path 19", "the highlighted path is drawn on top of the fan"
+    assert "path 19, token" in paths_map["frames"][1]["layout"]["annotations"][0]["text"]
+
+
+def test_token_text_is_not_read_as_markdown():
+    from dashboard import token_html
+
+    out = token_html.token_spans(["costs", "$", "5", "*", "or", "`", "_x_"], [0.5] * 7)
+    assert "$" not in out and "*" not in out and "`" not in out and "_" not in out.replace("&#95;", "")
+    assert "&#36;" in out and "&#42;" in out

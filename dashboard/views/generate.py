@@ -148,15 +148,17 @@ def path_views() -> None:
     highlight = int(pick) - 1 if pick != "none" and int(pick) <= len(res["texts"]) else None
     shown = list(range(len(xy)))
     if replay and len(shown) > REPLAY_PATHS:  # frames repeat each path's points once per step: keep them few
-        shown = sorted(set(range(REPLAY_PATHS - 1)) | {highlight if highlight is not None else REPLAY_PATHS - 1})
-        st.caption(f"The replay draws {REPLAY_PATHS} of the {len(xy)} paths (the highlighted one among them).")
-    lit = shown.index(highlight) if highlight in shown else None
+        keep = REPLAY_PATHS if highlight is None or highlight < REPLAY_PATHS else REPLAY_PATHS - 1
+        shown = list(range(keep)) + ([highlight] if keep < REPLAY_PATHS else [])
+        st.caption(f"The replay draws {REPLAY_PATHS} of the {len(xy)} paths"
+                   + (" (the highlighted one among them)" if highlight is not None else "")
+                   + "; the fan's bands still span them all.")
     captions = replay_captions(res, highlight if highlight is not None else 0) if replay else None
     left, right = st.columns(2)
     with left:
-        figures.show(charts.fan_chart(res["t"], values[shown], base_values, qname, unit,
-                                      f"Fan of {len(values)} paths at s = {scale:g}", lit, captions), key="fan",
-                     name="fan_chart")
+        figures.show(charts.fan_chart(res["t"], values, base_values, qname, unit,
+                                      f"Fan of {len(values)} paths at s = {scale:g}", highlight, captions, shown),
+                     key="fan", name="fan_chart")
         st.caption("Look for the band widening with s while the dashed drift-only path stays put: diffusion spreads "
                    "the paths around the drift.")
     with right:
@@ -177,7 +179,8 @@ def path_views() -> None:
                                        bool(snap))
     hovers = [hover(i, res, near) for i in shown]
     figures.show(charts.map_chart(proj["ref_xy"], proj["ref_tokens"], [xy[i] for i in shown], hovers, base_xy,
-                                  hover(0, base, base_near), proj["label"], lit, captions), key="map", name="paths_map")
+                                  hover(0, base, base_near), proj["label"], highlight, captions, shown), key="map",
+                 name="paths_map")
     st.caption("Grey dots are frequent tokens; hover a path's point to see the token nearest to it. With snapping on, "
                "each step starts from the decoded token's embedding."
                + (" Press play to watch the paths unfold; drag the slider to stop at a token." if replay else ""))

@@ -1,8 +1,7 @@
 """What the nets learned: where the diffusion is small or large, where the drift points, and
 where the drift alone leads."""
 
-import html
-
+import numpy as np
 import streamlit as st
 
 from dashboard import charts_learned as cl
@@ -53,7 +52,7 @@ else:
         steps = None
     if steps is not None:
         st.markdown(token_html.legend_html("shading: diffusion after the token", (209, 73, 91),
-                                           float(max(steps["sigma"].max(), 1e-9))), unsafe_allow_html=True)
+                                           float(max(np.nanmax(steps["sigma"]), 1e-9))), unsafe_allow_html=True)
         st.markdown(token_html.token_spans(steps["tokens"], steps["sigma"], None, (209, 73, 91), "sigma"),
                     unsafe_allow_html=True)
         left, right = st.columns([3, 2])
@@ -93,8 +92,10 @@ def attractor_view() -> None:
     else:
         cols[0].metric("Attractor", f"{a['kind']} of {a['period']} token{'s' if a['period'] != 1 else ''}")
         cols[1].metric("Entered at token", f"{a['start'] + 1}")
-        cols[2].metric("Smallest s that escapes", f"{a['escape_scale']:.3g}" if a["escape_scale"] else "none tried")
-        st.markdown("**The loop:** " + " → ".join(f"`{html.escape(t)}`" for t in a["cycle"]) + " → …")
+        cols[2].metric("Smallest s that escapes", f"{a['escape_scale']:.3g}" if a["escape_scale"]
+                       else f"none up to {max(a['scales']):g}")
+        st.markdown("<b>The loop:</b> " + " → ".join(f"<code>{token_html.escape_text(t)}</code>" for t in a["cycle"])
+                    + " → …", unsafe_allow_html=True)
     text = a["drift_text"]
     start = a["start"] if a["start"] is not None else len(text)
     marks = [1.0 if k >= start else float("nan") for k in range(len(text))]
