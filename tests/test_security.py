@@ -12,7 +12,9 @@ from conftest import ROOT
 CODE = [p for d in ("sdecore", "dashboard", "bench") for p in (ROOT / d).rglob("*.py")]
 # the query parameters the pages bind widgets to: settings of a view, never a path
 URL_KEYS = {"prompt", "scale", "paths", "tokens", "solver", "substeps", "seed", "snap", "stab_paths", "stab_tokens",
-            "stab_substeps", "sweep_grid", "traj_text"}
+            "stab_substeps", "sweep_grid", "traj_text",
+            # Generate's replay and highlighted path; Same noise; What the nets learned
+            "replay", "highlight", "scales", "align_path", "among", "text", "attractor_prompt"}
 
 
 def unpickling_calls(source: str) -> list[str]:
