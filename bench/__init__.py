@@ -1,4 +1,5 @@
-"""Benchmarks printing JSON: ``python -m bench`` (bench/run.py), ``python -m bench.classroom``."""
+"""Benchmarks printing JSON: ``python -m bench`` (bench/run.py), ``python -m bench.classroom`` (a class on
+one dashboard), ``python -m bench.ablation`` (what each model change did to the held-out fit)."""
 
 from __future__ import annotations
 

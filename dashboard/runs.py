@@ -226,7 +226,7 @@ def train_frame(frame: pd.DataFrame, name: str, epochs: int, hidden: int, batch_
 
 def _train(frame: pd.DataFrame, stem: str, out: Path, epochs: int, hidden: int, batch_size: int,
            on_epoch: Callable[[dict], None] | None, report: bool) -> dict:
-    model_cfg = sdecore.ModelConfig(drift_hidden=hidden, diffusion_hidden=max(16, hidden // 2))
+    model_cfg = sdecore.ModelConfig(drift_hidden=hidden, diffusion_hidden=max(16, hidden // 2), readout_hidden=hidden)
     train_cfg = sdecore.TrainConfig(epochs=epochs, batch_size=batch_size, map="pca")
     device = str(resolve_device("auto"))
     with tempfile.TemporaryDirectory(prefix="sdecore_corpus_") as tmp:

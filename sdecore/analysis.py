@@ -174,12 +174,12 @@ def text_trajectory(model: TextSDE, embedder: Embedder, text: str, *, max_tokens
     hs = model.teacher_forced_memory(xs.unsqueeze(0))[0]
     t = torch.arange(len(ids), device=dev, dtype=torch.float32) * dt
     x, h, xn = xs[:-1], hs[:-1], xs[1:]
-    mu, sig = model.drift(x, h, t[:-1]), model.sigma(x, h, t[:-1])
+    mu, sig, read = model.next_token_mean(x, h, t[:-1])
     resid = xn - x - mu * dt
     drift_l = resid.pow(2).mean(-1)
     var = sig.pow(2) * dt
     diff_l = gaussian_nll(resid, var).mean(-1)
-    logits = model.emission.next_token_logits(x + mu * dt, var)
+    logits = model.emission.next_token_logits(read, var)
     nll = -torch.log_softmax(logits, -1).gather(-1, idt[1:, None]).squeeze(-1)
     one_step = torch.cat([xs[:1], x + mu * dt])
     free = _free_run(model, xs[0], len(ids), dt)

@@ -28,6 +28,10 @@ class ModelConfig:
     memory_timescales: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 64.0)
     drift_hidden: int = 512
     diffusion_hidden: int = 128
+    # The emission's read-out (docs/design.md §2.4): 0 reads tokens at the predicted state
+    # x + mu dt itself; a width > 0 adds a learned shift r(z), an MLP of that width on the nets'
+    # input, so the drift fits the increments and the read-out the tokens.
+    readout_hidden: int = 512
     dropout: float = 0.3
     sigma_min: float = 1e-3
     input_clip: float = 4.0  # inputs to the nets pass through c*tanh(./c): identity near the data, bounded far off
@@ -58,6 +62,7 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown model config keys {sorted(unknown)}; the checkpoint is from a newer version")
         d = dict(d)
+        d.setdefault("readout_hidden", 0)  # a checkpoint from before the read-out has none
         if "memory_timescales" in d:
             d["memory_timescales"] = tuple(float(v) for v in d["memory_timescales"])
         return cls(**d).validate()
@@ -86,6 +91,9 @@ class TrainConfig:
     diffusion_weight: float = 1.0
     ce_weight: float = 2.0
     ce_fraction: float = 0.5  # share of each batch's positions that enter the (costly) cross-entropy
+    # With a read-out, whether the cross-entropy's gradient also reaches the drift (off: the drift
+    # fits the increments alone, docs/design.md §2.5; on: the ablation that shows why)
+    ce_trains_drift: bool = False
     # Off-token states: this share of each batch's drift and diffusion rows start from a
     # token embedding plus Gaussian noise of a random size up to `perturb_max` (standardised
     # units per dimension), so the drift is also fitted where unsnapped paths go and pulls back.

@@ -125,6 +125,20 @@ class Embedder:
         digest = hashlib.sha256(self.table.numpy().tobytes()).hexdigest()
         return f"{self.vocab_size}x{self.dim}:{digest[:16]}"
 
+    @cached_property
+    def continuation_mask(self) -> torch.Tensor:
+        """(vocab,) bool: the pieces that continue a word, which cannot start one (WordPiece's
+        ``##`` pieces; none for a tokenizer of another kind). A continuation's first token is never
+        one of them: the prompt is a finished text, so its last token ends a word (docs/design.md §3)."""
+        mask = torch.zeros(self.vocab_size, dtype=torch.bool)
+        model = self.tokenizer.model
+        prefix = getattr(model, "continuing_subword_prefix", None) if type(model).__name__ == "WordPiece" else None
+        if prefix:
+            for tok, i in self.tokenizer.get_vocab().items():
+                if tok.startswith(prefix) and len(tok) > len(prefix) and i < mask.numel():
+                    mask[i] = True
+        return mask
+
     # ----------------------------------------------------------------- text <-> ids
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``, without special tokens."""

@@ -192,14 +192,15 @@ class GaussianEmission(nn.Module):
     @torch.no_grad()
     def decode(
         self, x: torch.Tensor, temperature: float = 0.0, generator: torch.Generator | None = None,
-        exclude: torch.Tensor | None = None, block: int | None = None,
+        exclude: torch.Tensor | None = None, block: int | None = None, banned: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids emitted at states ``x`` (batch, dim) and their probabilities.
 
         ``temperature == 0`` takes the most likely token (deterministic given a path);
         otherwise a token is sampled from ``softmax(logits / temperature)``. ``exclude``
-        (batch,) names one id per row that may not be emitted (the token a path is on).
-        Returns ids (batch,) and p(id | x) under the untempered emission (batch,). Rows are
+        (batch,) names one id per row that may not be emitted (the token a path is on), ``banned``
+        (vocab,) bool the ids no row may emit (a continuation's first token cannot continue a
+        word, docs/design.md §3). Returns ids (batch,) and p(id | x) under the untempered emission (batch,). Rows are
         decoded ``block`` at a time (``DECODE_BLOCK`` for the device by default), so a large
         batch never holds more than one block's (block, vocab) logits, and the probability is
         normalised in place: at temperature 0 a block costs its matrix product, the maximum and
@@ -212,6 +213,8 @@ class GaussianEmission(nn.Module):
             logits = self.state_logits(x[rows])
             if exclude is not None:
                 logits.scatter_(-1, exclude[rows, None], float("-inf"))
+            if banned is not None:
+                logits.masked_fill_(banned, float("-inf"))
             top, v = row_max_argmax(logits)
             if temperature > 0:
                 # max-shifted, so a tiny temperature cannot overflow every logit to -inf

@@ -55,11 +55,18 @@ _EMISSION_STEPS, _EMISSION_BATCH = 30, 256
 class GaussianStep:
     """A continuous model's prediction of x_{k+1}: mean (r, dim), var (r, dim) or (dim,).
     Transition i reads row ``row_of[i]`` (row i without ``row_of``, r = n): a model whose
-    prediction depends on the current token alone needs one row per distinct token."""
+    prediction depends on the current token alone needs one row per distinct token. ``read`` is
+    where its emission reads the next token when that is not ``mean`` (the SDE's read-out,
+    docs/design.md §2.4)."""
 
     mean: torch.Tensor
     var: torch.Tensor
     row_of: torch.Tensor | None = None
+    read: torch.Tensor | None = None
+
+    @property
+    def read_mean(self) -> torch.Tensor:
+        return self.mean if self.read is None else self.read
 
     def per_transition(self) -> GaussianStep:
         """The same prediction with one row per transition."""
@@ -148,9 +155,10 @@ def predict_step(model: TextSDE, batch: WindowBatch, name: str, fits: Continuous
         return GaussianStep(x, fits.brownian_var)
     if name == "ar1":
         return GaussianStep(torch.addmm(fits.ar1_b, x, fits.ar1_a), fits.ar1_var)
-    mean = x + model.drift(x, h, t) * dt
+    mu, sigma, read = model.next_token_mean(x, h, t)
+    mean = x + mu * dt
     if name == "sde":
-        return GaussianStep(mean, model.sigma(x, h, t).pow(2) * dt)
+        return GaussianStep(mean, sigma.pow(2) * dt, read=read if model.has_readout else None)
     if name == "drift_only":
         return GaussianStep(mean, fits.drift_var)
     raise ValueError(f"unknown continuous model {name!r}")
@@ -179,7 +187,7 @@ def fit_emission(model: TextSDE, pred: GaussianStep, targets: torch.Tensor, log_
         rows = idx if pred.row_of is None else pred.row_of[idx]
         used, row_of = torch.unique(rows, return_inverse=True)  # each distinct row's logits once
         var = pred.var[used] if pred.var.ndim == 2 else pred.var
-        logp = torch.log_softmax(emission.next_token_logits(pred.mean[used], var), dim=-1)
+        logp = torch.log_softmax(emission.next_token_logits(pred.read_mean[used], var), dim=-1)
         loss = -logp[row_of, targets[idx]].mean()  # the cross-entropy of the drawn transitions
         opt.zero_grad()
         loss.backward()
@@ -249,7 +257,7 @@ def _score(model: TextSDE, eval_data: TokenSequences, fits: ContinuousFits, emis
         for name in CONTINUOUS:
             pred = predict_step(model, b, name, fits)
             shared = pred.by_token(b.v) if name in BY_TOKEN else pred
-            logits = emissions[name].next_token_logits(shared.mean, shared.var)
+            logits = emissions[name].next_token_logits(shared.read_mean, shared.var)
             nll, top1, top10 = row_stats(logits, b.v_next, normalised=False, row_of=shared.row_of)
             del logits
             g = _gaussian_stats(pred, b.x_next)

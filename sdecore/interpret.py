@@ -86,9 +86,11 @@ def text_steps(model: TextSDE, embedder: Embedder, text: str, *, top: int = 5, m
     xs = model.token_states(idt)
     hs = model.teacher_forced_memory(xs.unsqueeze(0))[0]
     t = torch.arange(len(ids), device=dev, dtype=torch.float32) * model.config.dt
-    mu, sig = model.drift_and_sigma(xs, hs, t)
-    logits = model.emission.state_logits(xs + mu * model.config.dt)
+    _, sig, mean = model.next_token_mean(xs, hs, t)
+    logits = model.emission.state_logits(mean)
     logits[torch.arange(len(ids), device=dev), idt] = float("-inf")
+    # after the whole text, a continuation's first token starts a word, as in generation (§3)
+    logits[-1].masked_fill_(embedder.continuation_mask.to(dev), float("-inf"))
     p, v = torch.softmax(logits, -1).topk(min(top, logits.shape[-1]), dim=-1)
     names = embedder.tokens(v.reshape(-1).tolist())
     k = v.shape[1]

@@ -73,7 +73,13 @@ class TextSDE(nn.Module):
         self.reversion = nn.Parameter(torch.full((config.dim,), math.log(math.expm1(1.0 / config.dt))))
         self.drift_net = _mlp(n_in, config.drift_hidden, config.dim, config.dropout)
         self.diffusion_net = _mlp(n_in, config.diffusion_hidden, config.dim, config.dropout)
+        # The read-out's shift r(z): the emission reads the predicted state x + mu dt + r (§2.4).
+        self.readout_net = (_mlp(n_in, config.readout_hidden, config.dim, config.dropout)
+                            if config.readout_hidden else None)
         with torch.no_grad():
+            if self.readout_net is not None:  # started at r = 0: the emission reads x + mu dt
+                self.readout_net[-1].weight.zero_()
+                self.readout_net[-1].bias.zero_()
             self.drift_net[-1].weight.mul_(0.1)
             self.drift_net[-1].bias.zero_()
             # softplus(0.5413) = 1: start sigma near one standardised unit per sqrt(dt).
@@ -116,6 +122,28 @@ class TextSDE(nn.Module):
         """``drift`` and ``sigma`` at once, their shared bounded input computed once."""
         z = self._features(x, h, t)
         return self._mu(z, x), self._sigma(z)
+
+    @property
+    def has_readout(self) -> bool:
+        return self.readout_net is not None
+
+    def readout_shift(self, z: torch.Tensor) -> torch.Tensor | None:
+        """The read-out's shift r(z) at the nets' bounded input ``z`` (batch, dim), float32; None for
+        a model without a read-out (docs/design.md §2.4)."""
+        return None if self.readout_net is None else self._net("readout_net", z).float()
+
+    def read_mean(self, x: torch.Tensor, mu: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
+        """Where the emission reads the next token after one noiseless step: ``x + mu dt``, plus the
+        read-out's shift when the model has one."""
+        mean = x + mu * self.config.dt
+        return mean if shift is None else mean + shift
+
+    def next_token_mean(self, x: torch.Tensor, h: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The drift, sigma and the read-out's mean at ``(x, h, t)``: the emission's next-token
+        distribution is ``emission.next_token_logits(mean, sigma^2 dt)`` (docs/design.md §2.4)."""
+        z = self._features(x, h, t)
+        mu = self._mu(z, x)
+        return mu, self._sigma(z), self.read_mean(x, mu, self.readout_shift(z))
 
     def _mu(self, z: torch.Tensor | None, x: torch.Tensor, net_out: torch.Tensor | None = None) -> torch.Tensor:
         """mu from the bounded input ``z``, or from the drift net's output at it when given."""
@@ -160,8 +188,11 @@ class TextSDE(nn.Module):
         table = self.emission.table
         if not onednn.usable(table) or self.emission._packed("table", table[:2]) is None:
             return False
-        return all(self._inference_layers(name, getattr(self, name))[1] is not None
-                   for name in ("drift_net", "diffusion_net"))
+        return all(self._inference_layers(name, getattr(self, name))[1] is not None for name in self.net_names())
+
+    def net_names(self) -> tuple[str, ...]:
+        """The MLPs a step evaluates: the drift's, the diffusion's and the read-out's, if any."""
+        return ("drift_net", "diffusion_net") + (("readout_net",) if self.readout_net is not None else ())
 
     def _inference_layers(self, name: str, net: nn.Sequential) -> tuple[list | None, list | None]:
         """(weight, bias, activation) per linear layer of ``net``, and the same with oneDNN-packed
@@ -272,17 +303,21 @@ class TextSDE(nn.Module):
         return torch.cat([xs[-1], h.reshape(-1).to(xs.dtype)])[None]
 
     # ------------------------------------------------------------------- losses
-    def forward(self, x, h, t, x_next, v_next, ce_mask=None, x_start=None) -> dict[str, torch.Tensor]:
+    def forward(self, x, h, t, x_next, v_next, ce_mask=None, x_start=None, ce_trains_drift: bool = False
+                ) -> dict[str, torch.Tensor]:
         """Per-batch losses on transitions ``(x, h, t) -> (x_next, v_next)``.
 
         x, x_next: (batch, dim); h: (batch, K * dim); t: (batch,); v_next: (batch,) token ids;
         ce_mask: (batch,) bool, the positions that enter the cross-entropy (all if None);
         x_start: (batch, dim) optional start states for the drift and diffusion losses
         (x perturbed off the token embeddings); the cross-entropy always starts from x.
+        With a read-out the cross-entropy's gradient does not reach the drift unless
+        ``ce_trains_drift`` (an ablation, docs/design.md §2.5); without one it always does.
         Returns ``drift``, ``diffusion``, ``ce`` (nats per token) as scalars.
         """
         dt = self.config.dt
-        mu, sig = self.drift_and_sigma(x, h, t)
+        z = self._features(x, h, t)
+        mu, sig = self._mu(z, x), self._sigma(z)
         if x_start is None:
             xs, mu_s, sig_s = x, mu, sig
         else:
@@ -292,8 +327,13 @@ class TextSDE(nn.Module):
             "diffusion": losses.diffusion_loss(xs, x_next, mu_s, sig_s, dt),
         }
         if ce_mask is not None:
-            x, mu, sig, v_next = x[ce_mask], mu[ce_mask], sig[ce_mask], v_next[ce_mask]
-        logits = self.emission.next_token_logits(x + mu * dt, (sig.detach() ** 2) * dt)
+            x, z, mu, sig, v_next = x[ce_mask], z[ce_mask], mu[ce_mask], sig[ce_mask], v_next[ce_mask]
+        # With a read-out, the cross-entropy trains the read-out and not the drift, which is
+        # left to fit the increments (docs/design.md §2.5).
+        if self.readout_net is not None and not ce_trains_drift:
+            mu = mu.detach()
+        mean = self.read_mean(x, mu, self.readout_shift(z))
+        logits = self.emission.next_token_logits(mean, (sig.detach() ** 2) * dt)
         out["ce"] = losses.emission_ce(logits, v_next)
         return out
 

@@ -223,19 +223,22 @@ def simulate_requests(model: TextSDE, embedder: Embedder, requests: list[SampleR
             _em_lockstep(model, active, k)
         else:
             (run,) = active
+            run.read_shift(k)
             run.y_new = _sdeint_step(run.sde, run.y, run.times[k], run.times[k + 1], run.bm, run.req.solver, run.step)
         decode = [run for run in active if run.check(k)]
+        # the first token starts a word: the prompt is a finished text (docs/design.md §3)
+        banned = embedder.continuation_mask.to(model.emb_mean.device) if k == 0 else None
         shared = [run for run in decode if run.req.temperature == 0 and run.decode_rows().shape[0] >= 2]
         if shared:
             rows = [run.decode_rows() for run in shared]
             v, p = model.emission.decode(torch.cat(rows), 0.0, None,
-                                         exclude=torch.cat([run.decode_exclude() for run in shared]))
+                                         exclude=torch.cat([run.decode_exclude() for run in shared]), banned=banned)
             for run, v_r, p_r in zip(shared, v.split([len(r) for r in rows]), p.split([len(r) for r in rows])):
                 run.finish_step(k, v_r, p_r)
         for run in decode:
             if run not in shared:
                 v, p = model.emission.decode(run.decode_rows(), run.req.temperature, run.gen,
-                                             exclude=run.decode_exclude())
+                                             exclude=run.decode_exclude(), banned=banned)
                 run.finish_step(k, v, p)
     if progress:
         steps.close()
@@ -257,8 +260,12 @@ def _em_lockstep(model: TextSDE, runs: list[_Run], k: int) -> None:
         part = [i for i, g in enumerate(grids) if j < len(g)]
         splits = [model.split(ys[i]) for i in part]
         zs = [model._features(x, h, grids[i][j][0]) for i, (x, h) in zip(part, splits)]
-        outs = _net_outputs(model, zs, [runs[i].req.paths for i in part])
-        for i, (x, h), (drift_out, diff_out) in zip(part, splits, outs):
+        # the read-out's shift is taken at the token's start, with the drift of its first substep
+        names = model.net_names() if j == 0 else ("drift_net", "diffusion_net")
+        outs = _net_outputs(model, zs, [runs[i].req.paths for i in part], names)
+        for i, (x, h), (drift_out, diff_out, *shift) in zip(part, splits, outs):
+            if shift:
+                runs[i].shift = shift[0].float()
             a, b = grids[i][j]
             mu, sigma = model._mu(None, x, drift_out), model._sigma(None, diff_out)
             dt = b - a
@@ -268,21 +275,22 @@ def _em_lockstep(model: TextSDE, runs: list[_Run], k: int) -> None:
         run.y_new = y
 
 
-def _net_outputs(model: TextSDE, zs: list[torch.Tensor], paths: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The drift and diffusion nets' outputs at each run's bounded inputs: one evaluation for all the
-    runs of two paths or more together, one each for runs of a single path."""
+def _net_outputs(model: TextSDE, zs: list[torch.Tensor], paths: list[int], names: tuple[str, ...]
+                 ) -> list[tuple[torch.Tensor, ...]]:
+    """The outputs of the nets ``names`` (the drift's and the diffusion's, then the read-out's if
+    asked) at each run's bounded inputs: one evaluation for all the runs of two paths or more
+    together, one each for runs of a single path."""
     out: list = [None] * len(zs)
     multi = [i for i, n in enumerate(paths) if n >= 2]
     if multi:
         z = torch.cat([zs[i] for i in multi]) if len(multi) > 1 else zs[multi[0]]
         sizes = [zs[i].shape[0] for i in multi]
-        drift = model._net("drift_net", z).split(sizes)
-        diff = model._net("diffusion_net", z).split(sizes)
-        for i, d_out, s_out in zip(multi, drift, diff):
-            out[i] = (d_out, s_out)
+        per_net = [model._net(name, z).split(sizes) for name in names]
+        for i, outs in zip(multi, zip(*per_net)):
+            out[i] = outs
     for i, n in enumerate(paths):
         if n < 2:
-            out[i] = (model._net("drift_net", zs[i]), model._net("diffusion_net", zs[i]))
+            out[i] = tuple(model._net(name, zs[i]) for name in names)
     return out
 
 
@@ -318,6 +326,7 @@ class _Run:
         self.sde = ScaledSDE(model, req.diffusion_scale)
         self.done = False
         self.y_new: torch.Tensor | None = None
+        self.shift: torch.Tensor | None = None  # the read-out's shift for the step's decode
 
     def check(self, k: int) -> bool:
         """After step ``k``'s integration (``y_new``): stop the paths that left the cloud or became
@@ -336,8 +345,19 @@ class _Run:
         self.y = torch.where(self.alive[:, None], self.y_new, self.y)  # stopped paths keep their last sane state
         return True
 
+    def read_shift(self, k: int) -> None:
+        """The read-out's shift at the state before step ``k`` (for the torchsde solvers; ``em`` takes
+        it with the nets' first evaluation of the step)."""
+        if self.model.has_readout:
+            x, h = self.model.split(self.y)
+            self.shift = self.model.readout_shift(self.model._features(x, h, self.times[k]))
+
     def decode_rows(self) -> torch.Tensor:
+        """Where the emission reads each live path's token: the new x, plus the read-out's shift
+        taken at the step's start (docs/design.md §3)."""
         x = self.y_new[:, :self.d]
+        if self.shift is not None:
+            x = x + self.shift
         return x if self.all_alive else x[self.alive]
 
     def decode_exclude(self) -> torch.Tensor:

@@ -344,7 +344,7 @@ def _train_epoch(net, model: TextSDE, data: TokenSequences, cfg: TrainConfig, op
         ce_mask = torch.rand(len(batch), generator=gen) < cfg.ce_fraction
         ce_mask[0] = True
         with torch.autocast(**amp):
-            parts = net(*batch.as_tuple(), ce_mask.to(dev), _perturb(batch.x, cfg, gen))
+            parts = net(*batch.as_tuple(), ce_mask.to(dev), _perturb(batch.x, cfg, gen), cfg.ce_trains_drift)
             loss = weighted_loss(parts, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -42,7 +42,7 @@ def tiny_ckpt(tmp_path_factory, embedder) -> Path:
     from sdecore import ModelConfig, TrainConfig, train_model, write_report
 
     out = tmp_path_factory.mktemp("tiny_model")
-    train_model(TINY_CORPUS, out, ModelConfig(drift_hidden=64, diffusion_hidden=32),
+    train_model(TINY_CORPUS, out, ModelConfig(drift_hidden=64, diffusion_hidden=32, readout_hidden=64),
                 TrainConfig(epochs=4, batch_size=64, map="pca", seed=0), device="cpu", progress=False)
     write_report(out, TINY_CORPUS, embedder=embedder)
     return out

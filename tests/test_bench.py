@@ -76,3 +76,22 @@ def test_the_cost_rows_grow_with_paths_and_tokens(tiny_model):
     cost = bench_cost(tiny_model, torch.device("cpu"), paths=(1, 2), tokens=(2, 3), paths_at=2, tokens_at=2)
     assert [r["paths"] for r in cost["by_paths"]] == [1, 2] and [r["tokens"] for r in cost["by_tokens"]] == [2, 3]
     assert all(r["seconds"] > 0 and r["path_steps_per_s"] > 0 for r in cost["by_paths"] + cost["by_tokens"])
+
+
+def test_the_ablation_trains_and_scores_its_variants(tmp_path, capsys):
+    """``python -m bench.ablation`` on the tests' corpus, one epoch, two variants: a row each with
+    the SDE's held-out figures and the baselines' increment NLL."""
+    from bench.ablation import main
+
+    main(["--corpus", str(TINY_CORPUS), "--epochs", "1", "--only", "no_readout", "readout",
+          "--out-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "ablation.json")])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads((tmp_path / "ablation.json").read_text())
+    assert [r["name"] for r in printed["rows"]] == ["no_readout", "readout"]
+    for row in printed["rows"]:
+        assert row["token_ppl"] > 1 and 0 <= row["coverage90"] <= 1 and row["best_epoch"] == 1
+        assert set(row["baseline_increment_nll"]) == {"ar1", "drift_only", "brownian"}
+    from sdecore import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "runs" / "no_readout").model.readout_net is None
+    assert load_checkpoint(tmp_path / "runs" / "readout").model.config.readout_hidden == 512

@@ -110,7 +110,7 @@ def test_stability_page(model_env):
     assert_clean(at)
     assert [m.value for m in at.metric] != betas, "the fitted envelope must change with the diffusion scale"
     sweep = chart_specs(at)[3]
-    at.radio(key="sweep_grid").set_value("fine: 0 to 1").run()  # the sweep's fragment, on its own grid
+    at.radio(key="sweep_grid").set_value("fine: 0 to 3").run()  # the sweep's fragment, on its own grid
     assert_clean(at)
     assert n_charts(at) == 6 and chart_specs(at)[3] != sweep
     assert json.loads(chart_specs(at)[3])["data"][0]["x"] != json.loads(sweep)["data"][0]["x"]

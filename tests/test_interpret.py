@@ -51,7 +51,7 @@ def _cycling_model(embedder, words: list[str]) -> tuple[TextSDE, list[int]]:
     words[i] one noiseless step lands exactly on words[i + 1] (cyclically), from anywhere else on
     words[0]. With snapping, the drift-only text is words[0], words[1], ... round and round."""
     torch.manual_seed(0)
-    model = TextSDE(ModelConfig(drift_hidden=16, diffusion_hidden=16), embedder).eval()
+    model = TextSDE(ModelConfig(drift_hidden=16, diffusion_hidden=16, readout_hidden=16), embedder).eval()
     ids = [embedder.encode(w)[0] for w in words]
     assert len(set(ids)) == len(words)
     targets = model.token_states(torch.tensor(ids))

@@ -64,10 +64,11 @@ def test_info_shows_losses_that_beat_their_references(capsys):
 
 def test_shipped_report_beats_the_baselines():
     rep = json.loads((SHIPPED_MODEL / "report.json").read_text())["models"]
-    assert rep["sde"]["token_ppl"] < min(rep["unigram"]["token_ppl"], rep["bigram"]["token_ppl"])
-    assert rep["sde"]["increment_nll"] < rep["brownian"]["increment_nll"]
-    assert rep["sde"]["increment_nll"] < rep["drift_only"]["increment_nll"]
-    assert 0.85 <= rep["sde"]["coverage90"] <= 0.95
+    sde = rep["sde"]
+    assert sde["token_ppl"] <= 540 and sde["token_ppl"] < min(rep["unigram"]["token_ppl"], rep["bigram"]["token_ppl"])
+    # the learned drift and diffusion beat every continuous baseline on the increments, linear ar1 too
+    assert sde["increment_nll"] < min(rep[m]["increment_nll"] for m in ("ar1", "drift_only", "brownian"))
+    assert 0.88 <= sde["coverage90"] <= 0.92
 
 
 def test_shipped_model_is_small_and_complete():

@@ -204,8 +204,14 @@ def test_runs_simulated_together_give_what_each_gives_alone(tiny_model):
             SampleRequest(PROMPT, paths=6, tokens=6, diffusion_scale=0.0, seed=4, substeps=2),
             SampleRequest("Tell me a story.", paths=2, tokens=7, diffusion_scale=1.5, seed=5, temperature=0.7),
             SampleRequest(PROMPT, paths=5, tokens=10, diffusion_scale=10.0, seed=6, snap=False, substeps=3)]
-    together = simulate_requests(tiny_model.model, tiny_model.embedder, reqs)
-    alone = [simulate_requests(tiny_model.model, tiny_model.embedder, [r])[0] for r in reqs]
+    model = tiny_model.model
+    old = model.config.divergence_radius
+    try:  # a bound that the scale-10 unsnapped paths cross
+        model.config.divergence_radius = 1.5
+        together = simulate_requests(model, tiny_model.embedder, reqs)
+        alone = [simulate_requests(model, tiny_model.embedder, [r])[0] for r in reqs]
+    finally:
+        model.config.divergence_radius = old
     for got, want in zip(together, alone):
         _same_paths(got, want, exact_probs=True)
     assert together[-1].diverged.any(), "the scale-10 unsnapped run should lose paths"

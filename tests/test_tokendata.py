@@ -12,7 +12,7 @@ from sdecore.transitions import build_transitions
 
 @pytest.fixture(scope="module")
 def setup(embedder):
-    model = TextSDE(ModelConfig(drift_hidden=8, diffusion_hidden=8), embedder)
+    model = TextSDE(ModelConfig(drift_hidden=8, diffusion_hidden=8, readout_hidden=8), embedder)
     g = torch.Generator().manual_seed(0)
     support = embedder.support_mask.nonzero().squeeze(1)
     # 1,500 tokens: longer than the reach of the 64-token memory (about 1,180), so the cut prefix is checked

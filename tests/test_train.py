@@ -17,7 +17,7 @@ from sdecore.tokendata import TokenSequences
 from sdecore.train import evaluate_losses
 from sdecore.transitions import build_transitions, encode_rows, training_tokens
 
-SMALL = ModelConfig(drift_hidden=64, diffusion_hidden=32)
+SMALL = ModelConfig(drift_hidden=64, diffusion_hidden=32, readout_hidden=64)
 
 
 def _val_data(embedder):
@@ -29,7 +29,7 @@ def _val_data(embedder):
 def test_training_lowers_validation_loss(tiny_ckpt, embedder):
     train_seqs, val_seqs = _val_data(embedder)
     torch.manual_seed(0)  # the same initialisation train_model starts from
-    fresh = TextSDE(ModelConfig(drift_hidden=64, diffusion_hidden=32), embedder,
+    fresh = TextSDE(ModelConfig(drift_hidden=64, diffusion_hidden=32, readout_hidden=64), embedder,
                     unigram_log_prior(train_seqs, embedder.support_mask, 0.1))
     val = TokenSequences.from_lists(*val_seqs)
     before = evaluate_losses(fresh, val, TrainConfig())
@@ -176,7 +176,7 @@ def test_on_the_fly_batches_train_as_the_precomputed_table_did(embedder, tmp_pat
     seqs, firsts = encode_rows(embedder, split.train, training=True, include_prompts=cfg.include_prompts)
     val_seqs, val_firsts = encode_rows(embedder, split.validation, training=False)
     prior = unigram_log_prior(training_tokens(seqs, firsts), embedder.support_mask, SMALL.prior_smoothing)
-    model = TextSDE(ModelConfig(drift_hidden=64, diffusion_hidden=32), embedder, prior)
+    model = TextSDE(ModelConfig(drift_hidden=64, diffusion_hidden=32, readout_hidden=64), embedder, prior)
     table = build_transitions(model, seqs, firsts)
     opt = _optimizer(model, cfg)
     model.train()
@@ -292,7 +292,8 @@ def test_resume_refuses_other_data_or_another_model(tmp_path):
     cases = [
         ((edited, out, SMALL, more), "corpus differs"),
         ((TINY_CORPUS, out, SMALL, TrainConfig(epochs=2, batch_size=64, seed=2, max_rows=10)), "--max-rows"),
-        ((TINY_CORPUS, out, ModelConfig(drift_hidden=32, diffusion_hidden=32), more), "drift_hidden"),
+        ((TINY_CORPUS, out, ModelConfig(drift_hidden=32, diffusion_hidden=32, readout_hidden=32), more),
+         "drift_hidden"),
     ]
     for args, message in cases:
         with pytest.raises(ValueError, match=message) as err:

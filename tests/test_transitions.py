@@ -17,7 +17,7 @@ def test_rows_read_prompt_then_response(embedder):
     assert len(tr_seqs) == 3 and tr_seqs[2] == p and tr_firsts == [len(p) - 1, len(p) - 1, 0]
     assert training_tokens(tr_seqs, tr_firsts)[0] == p[-1:] + embedder.encode("light scatters.")
 
-    model = TextSDE(ModelConfig(drift_hidden=8, diffusion_hidden=8), embedder)
+    model = TextSDE(ModelConfig(drift_hidden=8, diffusion_hidden=8, readout_hidden=8), embedder)
     data = build_transitions(model, seqs, firsts)
     r0, r1 = embedder.encode("light scatters."), embedder.encode("air scatters blue light.")
     assert len(data) == len(r0) - 1 + len(r1) - 1  # pairs inside each response

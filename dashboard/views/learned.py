@@ -63,8 +63,8 @@ else:
             figures.show(cl.next_tokens_chart(steps["next_tokens"][-1], steps["next_probs"][-1], steps["tokens"][-1]),
                          key="next_tokens", name="drift_next_tokens")
         st.caption("Hover a bar on the left for the tokens the drift points to after that position: the tokens "
-                   "decoded where one noiseless step lands (x + mu dt). The right chart is the same after the "
-                   "whole text.")
+                   "decoded where one noiseless step lands, read through the read-out (x + mu dt + r). The right "
+                   "chart is the same after the whole text.")
 
 
 # ----------------------------------------------------------------------------- the drift alone
