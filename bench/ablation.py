@@ -7,8 +7,8 @@ Each variant is trained from scratch with ``sdecore.train_model`` (the same corp
 schedule; ``--epochs`` each, best epoch by validation loss, no map), then scored with
 ``sdecore.evaluate_checkpoint`` on the validation split, as ``python -m sdecore evaluate`` does.
 Each row gives the SDE's token perplexity, increment NLL and coverage90, and the increment NLL
-of the continuous baselines it must beat (ar1, drift_only, brownian; their values move a little
-with the model, whose emission their fitted emissions start from). On a 2-core CPU a variant takes
+of the continuous baselines it must beat (ar1 and brownian, fitted to the data alone, are the
+same in every row; drift_only is the variant's own drift with a constant sigma). On a 2-core CPU a variant takes
 about 12 minutes at 6 epochs.
 
 It prints one JSON object (and writes it with ``--out``).

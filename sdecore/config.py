@@ -50,6 +50,8 @@ class ModelConfig:
     def validate(self) -> ModelConfig:
         if self.dt <= 0 or not math.isfinite(self.dt):
             raise ValueError(f"dt must be a positive number, got {self.dt}")
+        if self.readout_hidden < 0:
+            raise ValueError(f"readout_hidden must be 0 (no read-out) or a positive width, got {self.readout_hidden}")
         if any(tau < self.dt for tau in self.memory_timescales):
             # Euler steps of the memory ODE are stable (and exact at tau = dt) only for dt/tau <= 1.
             raise ValueError(f"memory time scales must be at least dt={self.dt}, got {self.memory_timescales}")

@@ -72,7 +72,8 @@ class GaussianStep:
         """The same prediction with one row per transition."""
         if self.row_of is None:
             return self
-        return GaussianStep(self.mean[self.row_of], self.var[self.row_of] if self.var.ndim == 2 else self.var)
+        return GaussianStep(self.mean[self.row_of], self.var[self.row_of] if self.var.ndim == 2 else self.var,
+                            read=None if self.read is None else self.read[self.row_of])
 
     def by_token(self, v: torch.Tensor) -> GaussianStep:
         """One row per distinct current token ``v`` (n,), for a prediction that depends on it
@@ -80,7 +81,8 @@ class GaussianStep:
         unique, row_of = torch.unique(v, return_inverse=True)
         first = torch.full((unique.numel(),), v.numel(), dtype=torch.long, device=v.device)
         first.scatter_reduce_(0, row_of, torch.arange(v.numel(), device=v.device), reduce="amin")
-        return GaussianStep(self.mean[first], self.var[first] if self.var.ndim == 2 else self.var, row_of)
+        return GaussianStep(self.mean[first], self.var[first] if self.var.ndim == 2 else self.var, row_of,
+                            read=None if self.read is None else self.read[first])
 
 
 @dataclass
@@ -155,12 +157,11 @@ def predict_step(model: TextSDE, batch: WindowBatch, name: str, fits: Continuous
         return GaussianStep(x, fits.brownian_var)
     if name == "ar1":
         return GaussianStep(torch.addmm(fits.ar1_b, x, fits.ar1_a), fits.ar1_var)
-    mu, sigma, read = model.next_token_mean(x, h, t)
-    mean = x + mu * dt
     if name == "sde":
-        return GaussianStep(mean, sigma.pow(2) * dt, read=read if model.has_readout else None)
+        mu, sigma, read = model.next_token_mean(x, h, t)
+        return GaussianStep(x + mu * dt, sigma.pow(2) * dt, read=read if model.has_readout else None)
     if name == "drift_only":
-        return GaussianStep(mean, fits.drift_var)
+        return GaussianStep(x + model.drift(x, h, t) * dt, fits.drift_var)
     raise ValueError(f"unknown continuous model {name!r}")
 
 

@@ -148,15 +148,20 @@ def _closeness(hyps: list[list[str]], refs: Sequence[str]) -> tuple[float | None
 def _probe_items(embedder: Embedder, df: pd.DataFrame, prompts: Sequence[str], prefix_tokens: int,
                  cont_tokens: int) -> list[dict]:
     """Per prompt, the first response with more than ``prefix_tokens`` tokens: the conditioning
-    text (prompt + response prefix), the prefix's last id, and the true next tokens' text."""
+    text (prompt + response prefix), the prefix's last id, and the true next tokens' text. The
+    prefix is extended to the end of a word (past any ``##`` pieces), so that the true
+    continuation starts a word, as a continuation does (docs/design.md §3)."""
     items = []
+    piece = embedder.continuation_mask
     for prompt in prompts:
         for response in df.loc[df["prompt"] == prompt, "response"]:
             ids = embedder.encode(response)
-            if len(ids) > prefix_tokens:
-                items.append({"text": prompt + " " + embedder.decode(ids[:prefix_tokens]),
-                              "last": ids[prefix_tokens - 1],
-                              "ref": embedder.decode(ids[prefix_tokens : prefix_tokens + cont_tokens])})
+            cut = prefix_tokens
+            while cut < len(ids) and piece[ids[cut]]:
+                cut += 1
+            if len(ids) > cut:
+                items.append({"text": prompt + " " + embedder.decode(ids[:cut]), "last": ids[cut - 1],
+                              "ref": embedder.decode(ids[cut : cut + cont_tokens])})
                 break
     return items
 

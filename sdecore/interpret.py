@@ -65,8 +65,9 @@ def diffusion_ranking(model: TextSDE, embedder: Embedder, *, among: int = 5000, 
 class TextSteps:
     """A text read with teacher forcing: per position k (its last ``max_tokens`` tokens), the
     diffusion ``sigma`` (sqrt of the mean sigma_d^2) at the state after token k, and the ``top``
-    tokens decoded where one noiseless step lands, x_k + mu dt (the token k itself excluded, as
-    in generation), with their probabilities."""
+    tokens decoded where one noiseless step lands, read through the read-out, x_k + mu dt + r
+    (the token k itself excluded, as in generation, and no word piece after the whole text), with
+    their probabilities."""
 
     tokens: list[str]
     sigma: np.ndarray

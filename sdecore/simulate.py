@@ -174,7 +174,8 @@ def simulate_paths(
 
     The prompt is read through the memory (teacher forcing) to give the start state;
     each token is one SDE step of length dt; after it the token the emission decodes at
-    the new x is recorded and, with ``snap``, x is set to that token's embedding. A path
+    the new x, shifted by the read-out taken at the step's start, is recorded (never a word piece
+    first) and, with ``snap``, x is set to that token's embedding. A path
     whose x becomes non-finite or leaves the ball of ``divergence_radius`` times the
     vocabulary cloud's radius is stopped and flagged; the others go on. With ``progress``, a
     bar on stderr counts the tokens of a run that lasts more than two seconds, when stderr is

@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 LOSS_NAMES = ("drift", "diffusion", "ce", "total")
 MAX_NONFINITE_RUN = 20  # steps in a row with a non-finite loss or gradient before training stops
 _EVAL_BATCH = 1024
+# training settings that define the objective, which a resumed run keeps (a history from before
+# a setting existed is not checked for it)
+RESUME_FIXED = ("drift_weight", "diffusion_weight", "ce_weight", "ce_fraction", "ce_trains_drift",
+                "perturb_fraction", "perturb_max")
 
 
 def weighted_loss(parts: dict[str, torch.Tensor], cfg: TrainConfig) -> torch.Tensor:
@@ -217,6 +221,11 @@ def _check_resume(history: dict, saved_model: ModelConfig, asked_model: ModelCon
     if started.get("val_fraction", tcfg.val_fraction) != tcfg.val_fraction:
         raise ValueError(f"cannot resume {out}: it started with val_fraction {started.get('val_fraction')}, "
                          f"not {tcfg.val_fraction}")
+    asked = tcfg.to_dict()
+    changed = [k for k in RESUME_FIXED if started.get(k, asked[k]) != asked[k]]
+    if changed:  # the objective would change half-way
+        raise ValueError(f"cannot resume {out}: it started with " + ", ".join(f"{k} {started[k]}" for k in changed)
+                         + "; resume with the same training objective")
     if history.get("corpus_fingerprint", fingerprint) != fingerprint:
         raise ValueError(f"cannot resume {out}: the corpus differs from the one it started on "
                          f"({history.get('corpus')}); resume on that corpus or train anew with --overwrite")

@@ -105,3 +105,26 @@ def test_write_report_writes_the_validation_report(tiny_ckpt):
     rep = json.loads((tiny_ckpt / "report.json").read_text())
     assert rep["split"] == "validation" and set(rep["models"]) == set(MODEL_NAMES)
     assert rep["data_credit"] == "NVIDIA HelpSteer (CC-BY-4.0)"
+
+
+@torch.no_grad()
+def test_the_sdes_perplexity_is_read_through_its_readout(tiny_model, report):
+    """The report's SDE perplexity, recomputed by hand from the emission at the read-out's mean
+    (docs/design.md §2.4); reading at x + mu dt instead gives another value."""
+    from sdecore.data import load_corpus
+    from sdecore.tokendata import encode_corpus, in_order
+
+    model = tiny_model.model
+    assert model.has_readout
+    data = encode_corpus(tiny_model.embedder, load_corpus(TINY_CORPUS), training=False)
+    nll = {"read": 0.0, "mean": 0.0}
+    n = 0
+    for b in in_order(model, data):
+        mu, sigma, read = model.next_token_mean(b.x, b.h, b.t)
+        var = sigma.pow(2) * model.config.dt
+        for name, at in (("read", read), ("mean", b.x + mu * model.config.dt)):
+            logp = torch.log_softmax(model.emission.next_token_logits(at, var), dim=-1)
+            nll[name] -= float(logp.gather(1, b.v_next[:, None]).sum())
+        n += len(b)
+    assert math.isclose(report["models"]["sde"]["token_ppl"], math.exp(nll["read"] / n), rel_tol=1e-4)
+    assert not math.isclose(math.exp(nll["mean"] / n), math.exp(nll["read"] / n), rel_tol=1e-2)

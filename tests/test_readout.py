@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from sdecore import ModelConfig, interpret, simulate_paths
@@ -42,10 +43,20 @@ def test_the_readout_starts_as_the_plain_read_out(embedder):
     assert _model(embedder, readout=0).readout_shift(torch.zeros(2, 2689)) is None
 
 
-def test_an_old_checkpoints_config_has_no_readout():
-    cfg = Config().to_dict()
-    del cfg["readout_hidden"]
-    assert Config.from_dict(cfg).readout_hidden == 0
+def test_a_checkpoint_from_before_the_readout_loads_without_one(embedder, tmp_path):
+    from sdecore import checkpoint as ckio
+    from sdecore import load_checkpoint
+
+    old = _model(embedder, readout=0)
+    cfg = ckio.checkpoint_config(old.config, embedder)
+    del cfg["model"]["readout_hidden"]  # as written before the read-out existed
+    ckio.write_json(tmp_path / ckio.CONFIG, cfg)
+    ckio.write_tensors(tmp_path / ckio.WEIGHTS, old.state_dict())
+    ck = load_checkpoint(tmp_path, embedder=embedder)
+    assert ck.model.config.readout_hidden == 0 and not ck.model.has_readout
+    assert simulate_paths(ck.model, embedder, "hello there", paths=2, tokens=3).token_ids.shape == (2, 3)
+    with pytest.raises(ValueError, match="readout_hidden"):
+        Config(readout_hidden=-1).validate()
 
 
 def _ce_grads(model, **kw):
@@ -154,3 +165,29 @@ def test_only_a_wordpiece_tokenizer_has_continuation_pieces():
     vocab = {"a": 0, "b": 1, "##a": 2, "ab": 3}
     bpe = Embedder("bpe", Tokenizer(BPE(vocab=vocab, merges=[("a", "b")])), torch.zeros(4, 8), set())
     assert not bpe.continuation_mask.any()  # "##a" is an ordinary token to a BPE tokenizer
+
+
+@torch.no_grad()
+def test_each_token_is_read_at_the_new_state_plus_the_shift_at_the_steps_start(embedder):
+    """With a read-out that depends on the state, the decoded tokens are exactly the emission's
+    at x_{k+1} + r(z_k): z at the step's start, not at its end."""
+    model = _model(embedder)
+    model.readout_net[-1].weight.normal_(0, 2.0)
+    prompt = "the weather today"
+    for solver in ("em", "euler"):
+        r = simulate_paths(model, embedder, prompt, paths=3, tokens=5, diffusion_scale=0.5, seed=2, solver=solver,
+                           snap=False, record_states=True)
+        last = torch.full((3,), embedder.encode(prompt)[-1])
+        starts, ends = [], []
+        for k in range(5):
+            x, h = r.states[:, k], r.memory[:, k]
+            shift = model.readout_shift(model._features(x, h, r.times[k]))
+            banned = embedder.continuation_mask if k == 0 else None
+            v, _ = model.emission.decode(r.states[:, k + 1] + shift, exclude=last, banned=banned)
+            starts.append(torch.equal(v, r.token_ids[:, k]))
+            at_end = model.readout_shift(model._features(r.states[:, k + 1], r.memory[:, k + 1], r.times[k + 1]))
+            ends.append(torch.equal(model.emission.decode(r.states[:, k + 1] + at_end, exclude=last,
+                                                          banned=banned)[0], r.token_ids[:, k]))
+            last = r.token_ids[:, k]
+        assert all(starts), solver
+        assert not all(ends), solver  # the shift at the step's end would read other tokens

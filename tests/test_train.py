@@ -277,8 +277,8 @@ def test_overwrite_killed_at_any_moment_leaves_a_loadable_model(tiny_ckpt, tmp_p
 
 
 def test_resume_refuses_other_data_or_another_model(tmp_path):
-    """--resume continues only the run it started: the same corpus (by content), --max-rows and
-    model configuration; a mismatch is refused in one line naming it, the folder untouched."""
+    """--resume continues only the run it started: the same corpus (by content), --max-rows,
+    training objective and model configuration; a mismatch is refused in one line naming it, the folder untouched."""
     cfg = TrainConfig(epochs=1, batch_size=64, seed=2)
     out = tmp_path / "run"
     train_model(TINY_CORPUS, out, SMALL, cfg, device="cpu", progress=False)
@@ -292,6 +292,8 @@ def test_resume_refuses_other_data_or_another_model(tmp_path):
     cases = [
         ((edited, out, SMALL, more), "corpus differs"),
         ((TINY_CORPUS, out, SMALL, TrainConfig(epochs=2, batch_size=64, seed=2, max_rows=10)), "--max-rows"),
+        ((TINY_CORPUS, out, SMALL, TrainConfig(epochs=2, batch_size=64, seed=2, ce_trains_drift=True)),
+         "ce_trains_drift False"),
         ((TINY_CORPUS, out, ModelConfig(drift_hidden=32, diffusion_hidden=32, readout_hidden=32), more),
          "drift_hidden"),
     ]

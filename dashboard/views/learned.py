@@ -73,8 +73,8 @@ def attractor_view() -> None:
     """A fragment: the scan runs a few seconds and must not hold the rest of the page."""
     st.subheader("Where the drift alone leads")
     st.markdown("With s = 0 the text is the drift's own: decoded, snapped, step after step. It often settles "
-                "into a loop of a few tokens, the drift's attractor. Noise can knock the text out of it: the scan "
-                "below raises s on one seed until the paths' texts stop looping.")
+                "into a loop, one phrase repeated for ever: the drift's attractor. Noise can knock the text out "
+                "of it: the scan below raises s on one seed until the paths' texts stop looping.")
     prompt = st.text_input("Prompt", value=session.DEFAULT_PROMPT, key="attractor_prompt", **bind)
     if not prompt.strip():
         st.error("The prompt is empty: type some text to start the drift from.")

@@ -54,7 +54,7 @@ LESSONS = [
     {"title": "6. Where the drift alone leads",
      "page": "views/learned.py", "label": "Find the drift's loop",
      "params": {"attractor_prompt": PROMPT},
-     "look": "With no noise the text settles into a loop of a few tokens (the attractor) after some tokens. The "
+     "look": "With no noise the text ends up repeating one phrase for ever, a loop of tokens (the attractor). The "
              "scan shows how little noise knocks the paths off that loop, and how much more it takes before the "
              "text stops looping altogether.",
      "why": "Without noise the next token depends on the text so far alone. Once the last few tokens repeat, the "

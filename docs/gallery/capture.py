@@ -19,8 +19,12 @@ import time
 from pathlib import Path
 from urllib.parse import urlencode
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from dashboard.charts import REPLAY_FRAME_MS  # noqa: E402  (the repository's own package)
+
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "How can I improve my sleep?"
+REPLAY_TOKEN = 16  # where the replay is paused (the frame drawn when Pause lands)
 
 
 def _free_port() -> int:
@@ -58,11 +62,16 @@ def capture(out: Path) -> list[Path]:
                     break
                 except Exception:
                     time.sleep(0.5)
-            # Generate: the replay on the map, paused two thirds of the way, path 3 highlighted
+            # Generate: the replay on the map, paused at REPLAY_TOKEN, path 3 highlighted
             _open(page, base, "", {"prompt": PROMPT, "replay": "true", "highlight": "3"}, 3)
-            rail = _chart(page, 2).locator(".slider-rail-rect").first
-            box = rail.bounding_box()
-            page.mouse.click(box["x"] + box["width"] * 0.75, box["y"] + box["height"] / 2)
+            chart = _chart(page, 2)
+            chart.locator(".updatemenu-button", has_text="Play").first.click()
+            # pause as soon as the caption (the replay's annotation) reaches the token
+            page.wait_for_function(
+                "k => [...document.querySelectorAll('.js-plotly-plot')][2].querySelector('.annotation-text')"
+                "?.textContent.includes('token ' + k + ':')", arg=REPLAY_TOKEN, polling="raf",
+                timeout=REPLAY_FRAME_MS * 60)
+            chart.locator(".updatemenu-button", has_text="Pause").first.click()
             page.wait_for_timeout(1500)
             saved.append(out / "replay_map.png")
             _chart(page, 2).screenshot(path=saved[-1])
