@@ -24,7 +24,7 @@ from dashboard.charts import REPLAY_FRAME_MS  # noqa: E402  (the repository's ow
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "How can I improve my sleep?"
-REPLAY_TOKEN = 16  # where the replay is paused (the frame drawn when Pause lands)
+REPLAY_TOKEN = 16  # the replay is paused from here (see below)
 
 
 def _free_port() -> int:
@@ -66,13 +66,16 @@ def capture(out: Path) -> list[Path]:
             _open(page, base, "", {"prompt": PROMPT, "replay": "true", "highlight": "3"}, 3)
             chart = _chart(page, 2)
             chart.locator(".updatemenu-button", has_text="Play").first.click()
-            # pause as soon as the caption (the replay's annotation) reaches the token
+            # pause once the caption (the replay's annotation) reaches the token; the frame drawn when
+            # the pause lands can be a few later, and is printed
             page.wait_for_function(
                 "k => [...document.querySelectorAll('.js-plotly-plot')][2].querySelector('.annotation-text')"
                 "?.textContent.includes('token ' + k + ':')", arg=REPLAY_TOKEN, polling="raf",
                 timeout=REPLAY_FRAME_MS * 60)
             chart.locator(".updatemenu-button", has_text="Pause").first.click()
             page.wait_for_timeout(1500)
+            caption = chart.locator(".annotation-text").first.text_content() or ""
+            print("replay paused at", caption.split(":")[0])
             saved.append(out / "replay_map.png")
             _chart(page, 2).screenshot(path=saved[-1])
             # What the nets learned: the escape scan of the drift's loop, when there is one
