@@ -7,13 +7,14 @@ import math
 
 import numpy as np
 
-# characters Streamlit's markdown would read between the spans (emphasis, code, KaTeX, links)
-_MARKDOWN = str.maketrans({c: f"&#{ord(c)};" for c in "$*_`~[]\\|#"})
+# HTML's special characters and those Streamlit's markdown would read between the spans (emphasis,
+# code, KaTeX, links), each to its numeric entity in one pass, so no entity is escaped again
+_ENTITIES = str.maketrans({c: f"&#{ord(c)};" for c in "&<>\"'$*_`~[]\\|#"})
 
 
 def escape_text(s: str) -> str:
     """HTML-escaped text that Streamlit's markdown also leaves as it is."""
-    return html.escape(s).translate(_MARKDOWN)
+    return s.translate(_ENTITIES)
 
 
 def token_spans(tokens: list[str], values, vmax: float | None = None, rgb: tuple[int, int, int] = (209, 73, 91),

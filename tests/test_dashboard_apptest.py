@@ -313,7 +313,7 @@ def test_token_spans_escape_and_glue():
     from dashboard import token_html
 
     html = token_html.token_spans(["<b>", "walk", "##ing"], [0.5, np.nan, 1.0], 1.0)
-    assert "&lt;b&gt;" in html and "<b>" not in html
+    assert "&#60;b&#62;" in html and "<b>" not in html
     assert ">walk</span><span" in html  # the ##ing piece joins its word without a space
     assert "rgba(209,73,91,0.85)" in html  # full value, full shading
 

@@ -9,6 +9,7 @@ from sdecore.process_setup import configure_threads
 configure_threads()  # before torch loads (docs/design.md §6.3)
 
 import base64  # noqa: E402
+import html  # noqa: E402
 import json  # noqa: E402
 from urllib.parse import parse_qs  # noqa: E402
 
@@ -241,3 +242,7 @@ def test_token_text_is_not_read_as_markdown():
     out = token_html.token_spans(["costs", "$", "5", "*", "or", "`", "_x_"], [0.5] * 7)
     assert "$" not in out and "*" not in out and "`" not in out and "_" not in out.replace("&#95;", "")
     assert "&#36;" in out and "&#42;" in out
+    # one pass: an apostrophe (the commonest such token) is one entity, not an escaped entity
+    text = "i ' m <b> \"5\" & $x$ #1 [a](b)"
+    assert html.unescape(token_html.escape_text(text)) == text
+    assert token_html.escape_text("'") == "&#39;"
