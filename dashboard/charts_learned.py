@@ -73,7 +73,7 @@ def next_tokens_chart(names: list[str], probs: np.ndarray, after: str) -> go.Fig
     traces = [{"type": "bar", "orientation": "h", "x": list(probs)[::-1], "y": [f"{n} " for n in names][::-1],
                "name": "next token", "marker": {"color": DRIFT_COLOR},
                "hovertemplate": "%{y}: p = %{x:.3f}<extra></extra>"}]
-    layout = base_layout(f"Where the drift points after “{after}”", "emission probability at x + μ dt", "token",
+    layout = base_layout(f"Where the drift points after “{after}”", "emission probability at x + μ dt + r", "token",
                          height=360)
     layout["yaxis"]["type"] = "category"
     layout["margin"]["l"] = 110
