@@ -21,6 +21,8 @@ from .serving import ModelWorker
 ROOT = Path(__file__).resolve().parent.parent
 DATA_CREDIT = sdecore.DATA_CREDIT
 DEFAULT_PROMPT = "How can I improve my sleep?"
+# how a page's widgets keep their values: in the URL (so a view can be shared) and across pages
+URL_BOUND = {"bind": "query-params", "persist_state": "session"}
 N_REFERENCE = 1500  # reference tokens drawn on the maps (the most frequent in the training corpus)
 SOLVERS = limits.SOLVERS
 # The engine's ranges (sdecore.limits.LIMITS), with upper ends lowered so that one page run

@@ -229,17 +229,19 @@ def simulate_requests(model: TextSDE, embedder: Embedder, requests: list[SampleR
         decode = [run for run in active if run.check(k)]
         # the first token starts a word: the prompt is a finished text (docs/design.md §3)
         banned = embedder.continuation_mask.to(model.emb_mean.device) if k == 0 else None
-        shared = [run for run in decode if run.req.temperature == 0 and run.decode_rows().shape[0] >= 2]
+        rows = [run.decode_rows() for run in decode]  # each run's rows once (the shift added once)
+        shared = [i for i, run in enumerate(decode) if run.req.temperature == 0 and rows[i].shape[0] >= 2]
         if shared:
-            rows = [run.decode_rows() for run in shared]
-            v, p = model.emission.decode(torch.cat(rows), 0.0, None,
-                                         exclude=torch.cat([run.decode_exclude() for run in shared]), banned=banned)
-            for run, v_r, p_r in zip(shared, v.split([len(r) for r in rows]), p.split([len(r) for r in rows])):
-                run.finish_step(k, v_r, p_r)
-        for run in decode:
-            if run not in shared:
-                v, p = model.emission.decode(run.decode_rows(), run.req.temperature, run.gen,
-                                             exclude=run.decode_exclude(), banned=banned)
+            sizes = [len(rows[i]) for i in shared]
+            v, p = model.emission.decode(torch.cat([rows[i] for i in shared]), 0.0, None,
+                                         exclude=torch.cat([decode[i].decode_exclude() for i in shared]),
+                                         banned=banned)
+            for i, v_r, p_r in zip(shared, v.split(sizes), p.split(sizes)):
+                decode[i].finish_step(k, v_r, p_r)
+        for i, run in enumerate(decode):
+            if i not in shared:
+                v, p = model.emission.decode(rows[i], run.req.temperature, run.gen, exclude=run.decode_exclude(),
+                                             banned=banned)
                 run.finish_step(k, v, p)
     if progress:
         steps.close()
@@ -266,7 +268,7 @@ def _em_lockstep(model: TextSDE, runs: list[_Run], k: int) -> None:
         outs = _net_outputs(model, zs, [runs[i].req.paths for i in part], names)
         for i, (x, h), (drift_out, diff_out, *shift) in zip(part, splits, outs):
             if shift:
-                runs[i].shift = shift[0].float()
+                runs[i].shift = shift[0]
             a, b = grids[i][j]
             mu, sigma = model._mu(None, x, drift_out), model._sigma(None, diff_out)
             dt = b - a

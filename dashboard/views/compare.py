@@ -16,7 +16,7 @@ st.markdown(
 ck, folder, stamp = session.require_checkpoint()
 lo_p, hi_p = session.PAGE_LIMITS["paths"]
 lo_t, hi_t = session.PAGE_LIMITS["tokens"]
-bind = {"bind": "query-params", "persist_state": "session"}
+bind = session.URL_BOUND
 SCALE_CHOICES = ["0.01", "0.02", "0.05", "0.1", "0.25", "0.5", "1", "1.5", "2", "3", "5"]
 
 prompt = st.text_area("Prompt", value=session.DEFAULT_PROMPT, key="prompt", height=68, **bind)

@@ -21,7 +21,7 @@ lo_p, hi_p = session.PAGE_LIMITS["paths"]
 lo_t, hi_t = session.PAGE_LIMITS["tokens"]
 lo_s, hi_s = session.PAGE_LIMITS["diffusion_scale"]
 lo_k, hi_k = session.PAGE_LIMITS["substeps"]
-bind = {"bind": "query-params", "persist_state": "session"}
+bind = session.URL_BOUND
 
 prompt = st.text_area("Prompt", value=session.DEFAULT_PROMPT, key="prompt", height=68, **bind)
 scale = st.slider("Diffusion magnitude s (0 = drift only)", lo_s, hi_s, 1.0, step=0.05, key="scale", **bind,

@@ -15,7 +15,7 @@ st.markdown(
     "nothing else pushes.")
 
 ck, folder, stamp = session.require_checkpoint()
-bind = {"bind": "query-params", "persist_state": "session"}
+bind = session.URL_BOUND
 
 # ----------------------------------------------------------------------------- per token
 st.subheader("Sure and unsure: the diffusion at each token")
