@@ -211,26 +211,34 @@ class GaussianEmission(nn.Module):
         ids, probs = [], []
         for rows in row_blocks(x.shape[0], block):
             logits = self.state_logits(x[rows])
-            if exclude is not None:
-                logits.scatter_(-1, exclude[rows, None], float("-inf"))
-            if banned is not None:
-                logits.masked_fill_(banned, float("-inf"))
-            top, v = row_max_argmax(logits)
-            if temperature > 0:
-                # max-shifted, so a tiny temperature cannot overflow every logit to -inf
-                weights = torch.softmax((logits - top[:, None]) / temperature, dim=-1)
-                v = torch.multinomial(weights, 1, generator=generator).squeeze(-1)
-                chosen = logits.gather(-1, v[:, None]).squeeze(-1)
-            else:
-                chosen = top
-            # p(v) = exp(logit_v - top) / sum exp(logits - top), the sum taken in place; exp(a) as
-            # exp2(a log2 e), several times cheaper on a CPU than torch's exp for these sizes
-            total = logits.sub_(top[:, None]).mul_(_LOG2E).exp2_().sum(dim=-1)
+            with onednn.serial_if_few(logits.shape[0], logits.device):  # the passes over the logits
+                v, p = self._pick(logits, temperature, generator, None if exclude is None else exclude[rows], banned)
             ids.append(v)
-            probs.append((chosen - top).exp() / total)
+            probs.append(p)
         if not ids:
             return x.new_zeros(0, dtype=torch.long), x.new_zeros(0)
         return torch.cat(ids), torch.cat(probs)
+
+    @staticmethod
+    def _pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | None,
+              exclude: torch.Tensor | None, banned: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One block's ids and probabilities from its logits (overwritten: normalised in place)."""
+        if exclude is not None:
+            logits.scatter_(-1, exclude[:, None], float("-inf"))
+        if banned is not None:
+            logits.masked_fill_(banned, float("-inf"))
+        top, v = row_max_argmax(logits)
+        if temperature > 0:
+            # max-shifted, so a tiny temperature cannot overflow every logit to -inf
+            weights = torch.softmax((logits - top[:, None]) / temperature, dim=-1)
+            v = torch.multinomial(weights, 1, generator=generator).squeeze(-1)
+            chosen = logits.gather(-1, v[:, None]).squeeze(-1)
+        else:
+            chosen = top
+        # p(v) = exp(logit_v - top) / sum exp(logits - top), the sum taken in place; exp(a) as
+        # exp2(a log2 e), several times cheaper on a CPU than torch's exp for these sizes
+        total = logits.sub_(top[:, None]).mul_(_LOG2E).exp2_().sum(dim=-1)
+        return v, (chosen - top).exp() / total
 
     @torch.no_grad()
     def nearest_tokens(self, points: torch.Tensor, block: int | None = None) -> torch.Tensor:

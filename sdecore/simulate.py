@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 import torch
 import torchsde
 
+from . import onednn
 from .embedding import Embedder
 from .limits import MAX_PROMPT_TOKENS, SOLVERS, check_choice, check_limit, check_seed, check_temperature
 from .model import ScaledSDE, TextSDE
@@ -220,16 +221,19 @@ def simulate_requests(model: TextSDE, embedder: Embedder, requests: list[SampleR
         active = [run for run in runs if not run.done and k < run.req.tokens]
         if not active:
             break
-        if active[0].req.solver == "em":
-            _em_lockstep(model, active, k)
-        else:
-            (run,) = active
-            run.read_shift(k)
-            run.y_new = _sdeint_step(run.sde, run.y, run.times[k], run.times[k + 1], run.bm, run.req.solver, run.step)
-        decode = [run for run in active if run.check(k)]
+        # the nets and the step's small element-wise work: one thread at a few rows (onednn.serial_if_few)
+        with onednn.serial_if_few(sum(run.y.shape[0] for run in active), model.emb_mean.device):
+            if active[0].req.solver == "em":
+                _em_lockstep(model, active, k)
+            else:
+                (run,) = active
+                run.read_shift(k)
+                run.y_new = _sdeint_step(run.sde, run.y, run.times[k], run.times[k + 1], run.bm, run.req.solver,
+                                         run.step)
+            decode = [run for run in active if run.check(k)]
+            rows = [run.decode_rows() for run in decode]  # each run's rows once (the shift added once)
         # the first token starts a word: the prompt is a finished text (docs/design.md §3)
         banned = embedder.continuation_mask.to(model.emb_mean.device) if k == 0 else None
-        rows = [run.decode_rows() for run in decode]  # each run's rows once (the shift added once)
         shared = [i for i, run in enumerate(decode) if run.req.temperature == 0 and rows[i].shape[0] >= 2]
         if shared:
             sizes = [len(rows[i]) for i in shared]

@@ -267,3 +267,41 @@ def test_at_scale_zero_every_seed_gives_the_same_path(tiny_model, solver):
     a = _sim(tiny_model, diffusion_scale=0.0, paths=1, seed=0, solver=solver, record_states=True)
     b = _sim(tiny_model, diffusion_scale=0.0, paths=1, seed=12345, solver=solver, record_states=True)
     _same_paths(a, b)
+
+
+def test_a_few_rows_run_on_one_thread_only_under_passive_waiting(monkeypatch):
+    from sdecore.onednn import FEW_ROWS, serial_if_few
+
+    if torch.get_num_threads() < 2:
+        pytest.skip("one intra-op thread here: there is nothing to reduce")
+    n, cpu = torch.get_num_threads(), torch.device("cpu")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    with serial_if_few(FEW_ROWS - 1, cpu):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == n
+    with serial_if_few(FEW_ROWS, cpu):
+        assert torch.get_num_threads() == n
+    with pytest.raises(RuntimeError), serial_if_few(2, cpu):  # restored when the work fails too
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == n
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    with serial_if_few(2, cpu):
+        assert torch.get_num_threads() == n
+
+
+@pytest.mark.parametrize("solver", ["em", "euler"])
+def test_one_thread_at_a_few_rows_gives_the_same_paths(tiny_model, monkeypatch, solver):
+    """The sampler at a few rows on one thread (passive waiting) and on all of them: the same
+    states, tokens and probabilities to the bit."""
+    if torch.get_num_threads() < 2:
+        pytest.skip("one intra-op thread here: both runs would use it")
+    model, seen = tiny_model.model, []
+    net = model._net
+    monkeypatch.setattr(model, "_net", lambda name, z: seen.append(torch.get_num_threads()) or net(name, z))
+    runs = {}
+    for policy in ("PASSIVE", "ACTIVE"):
+        monkeypatch.setenv("OMP_WAIT_POLICY", policy)
+        seen.clear()
+        runs[policy] = _sim(tiny_model, paths=3, tokens=10, solver=solver, record_states=True)
+        assert (1 in seen) == (policy == "PASSIVE")
+    _same_paths(runs["PASSIVE"], runs["ACTIVE"], exact_probs=True)
