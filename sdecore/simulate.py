@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass, replace
 
 import torch
@@ -216,7 +217,9 @@ def simulate_requests(model: TextSDE, embedder: Embedder, requests: list[SampleR
     if progress:
         from tqdm.auto import tqdm
 
-        steps = tqdm(steps, desc="tokens", unit="tok", leave=False, delay=2.0, disable=None)  # None: a terminal only
+        # after 2 s (tqdm's own TQDM_DELAY overrides it); disable=None: on a terminal only
+        delay = float(os.environ.get("TQDM_DELAY", 2.0))
+        steps = tqdm(steps, desc="tokens", unit="tok", leave=False, delay=delay, disable=None)
     for k in steps:
         active = [run for run in runs if not run.done and k < run.req.tokens]
         if not active:

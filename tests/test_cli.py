@@ -1,6 +1,7 @@
 """The command line: outputs, and every bad-input path exits 2 with one line on stderr."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -158,7 +159,7 @@ def test_verbose_and_no_report_flags_parse():
     assert a.no_report and a.verbose and a.device == "auto"
 
 
-def _stderr_on_a_terminal(argv: list[str]) -> str:
+def _stderr_on_a_terminal(argv: list[str], env: dict | None = None) -> str:
     """What a command writes to stderr when stderr is a terminal (a pseudo-terminal 120
     columns wide)."""
     import fcntl
@@ -170,7 +171,7 @@ def _stderr_on_a_terminal(argv: list[str]) -> str:
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     proc = subprocess.Popen([sys.executable, "-m", "sdecore", *argv], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=follower)
+                            stderr=follower, env=env)
     os.close(follower)
     out = b""
     while True:
@@ -189,8 +190,11 @@ def _stderr_on_a_terminal(argv: list[str]) -> str:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the pseudo-terminal check is written for Linux")
 def test_a_long_sample_shows_progress_on_a_terminal_unless_told_not_to():
-    argv = ["sample", "--prompt", "hi", "--paths", "1200", "--tokens", "8"]  # about 5 s of tokens here
-    assert "tokens: 100%" in _stderr_on_a_terminal(argv)
-    assert "tokens" not in _stderr_on_a_terminal([*argv, "--no-progress"])
-    quick = subprocess.run([sys.executable, "-m", "sdecore", *argv], cwd=ROOT, capture_output=True, text=True)
+    """The bar shows after TQDM_DELAY seconds (2 by default): at 0 every run would show it, so a
+    short run tells the three cases apart on a machine of any speed."""
+    argv = ["sample", "--prompt", "hi", "--paths", "4", "--tokens", "8"]
+    env = {**os.environ, "TQDM_DELAY": "0"}
+    assert "tokens: " in _stderr_on_a_terminal(argv, env)  # the bar (cleared at the end: leave=False)
+    assert "tokens" not in _stderr_on_a_terminal([*argv, "--no-progress"], env)
+    quick = subprocess.run([sys.executable, "-m", "sdecore", *argv], cwd=ROOT, capture_output=True, text=True, env=env)
     assert quick.returncode == 0 and "tokens" not in quick.stderr  # stderr not a terminal: no bar
