@@ -71,9 +71,9 @@ def serial_if_few(rows: int, device: torch.device) -> Iterator[None]:
     42 against 117 us, the decode's normalisation 160 against 530 us); at 16 rows the sampler
     runs 1.27 times faster so, and from 32 rows two threads are as fast. With spinning threads
     nothing changes. The thread count is the calling thread's own (OpenMP's setting is per
-    thread), so other threads are unaffected. The
-    sampler's ``em`` and torchsde's ``euler`` give the same values to the bit either way (tested);
-    ``milstein``'s derivative term can differ by float rounding."""
+    thread), so other threads are unaffected. The sampler's ``em`` and torchsde's ``euler`` give
+    the same values to the bit either way (tested); ``milstein``'s derivative term can differ by
+    float rounding."""
     n = torch.get_num_threads()
     if (rows >= FEW_ROWS or n == 1 or device.type != "cpu"
             or os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE"):

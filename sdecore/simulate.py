@@ -189,6 +189,18 @@ def simulate_paths(
     return simulate_requests(model, embedder, [request], progress=progress)[0]
 
 
+def _progress_delay() -> float:
+    """Seconds before the progress bar shows: 2, or tqdm's own ``TQDM_DELAY``."""
+    value = os.environ.get("TQDM_DELAY", "2")
+    try:
+        delay = float(value)
+    except ValueError:
+        delay = math.nan
+    if not delay >= 0:
+        raise ValueError(f"TQDM_DELAY must be a number of seconds (0 or more), not {value!r}")
+    return delay
+
+
 @torch.no_grad()
 def simulate_requests(model: TextSDE, embedder: Embedder, requests: list[SampleRequest], *,
                       progress: bool = False) -> list[Paths]:
@@ -215,11 +227,10 @@ def simulate_requests(model: TextSDE, embedder: Embedder, requests: list[SampleR
     runs = [_Run(model, embedder, r) for r in requests]
     steps = range(max(r.tokens for r in requests))
     if progress:
+        delay = _progress_delay()  # before tqdm's import, which reads TQDM_DELAY too
         from tqdm.auto import tqdm
 
-        # after 2 s (tqdm's own TQDM_DELAY overrides it); disable=None: on a terminal only
-        delay = float(os.environ.get("TQDM_DELAY", 2.0))
-        steps = tqdm(steps, desc="tokens", unit="tok", leave=False, delay=delay, disable=None)
+        steps = tqdm(steps, desc="tokens", unit="tok", leave=False, delay=delay, disable=None)  # None: a terminal only
     for k in steps:
         active = [run for run in runs if not run.done and k < run.req.tokens]
         if not active:
