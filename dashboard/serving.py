@@ -18,6 +18,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+import torch
+
 import sdecore
 from sdecore.simulate import SampleRequest, simulate_requests
 
@@ -45,6 +47,7 @@ class ModelWorker:
 
     def __init__(self, ckpt: sdecore.Checkpoint, max_rows: int = MAX_BATCH_ROWS, idle_s: float = 60.0):
         self.ckpt, self.max_rows, self.idle_s = ckpt, max_rows, idle_s
+        self.threads = torch.get_num_threads()  # the intra-op threads its thread runs with
         self._cond = threading.Condition()
         self._pending: list[_Job] = []
         self._seq = itertools.count()
@@ -101,6 +104,9 @@ class ModelWorker:
             return taken
 
     def _loop(self) -> None:
+        # torch gives a new thread the process-wide count, which the sampler lowers to one for a
+        # moment at a few rows (sdecore.onednn.serial_if_few): set this thread's own
+        torch.set_num_threads(self.threads)
         try:
             while (jobs := self._take()) is not None:
                 self._do(jobs)

@@ -294,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     rank = os.environ.get("RANK", "0")
     rank = int(rank) if rank.isdigit() else 0
     try:
+        limits.progress_delay()  # before torchsde imports tqdm, which reads TQDM_DELAY less clearly
         code = handler(args)
         summary()
         return code

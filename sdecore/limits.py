@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Iterable
 
 MAX_PROMPT_TOKENS = 512  # a longer prompt keeps its last MAX_PROMPT_TOKENS tokens
@@ -119,3 +120,15 @@ def check_lengths(values, flag: str = "--lengths") -> tuple[int, ...]:
         raise ValueError(f"{flag} is empty; give at least one continuation length between 1 and "
                          f"{LIMITS['tokens'][1]}, e.g. 16 64")
     return tuple(sorted({check_limit("tokens", v, flag) for v in values}))
+
+
+def progress_delay() -> float:
+    """Seconds before the progress bar shows: 2, or tqdm's own ``TQDM_DELAY``."""
+    value = os.environ.get("TQDM_DELAY", "2")
+    try:
+        delay = float(value)
+    except ValueError:
+        delay = math.nan
+    if not delay >= 0:
+        raise ValueError(f"TQDM_DELAY must be a number of seconds (0 or more), not {value!r}")
+    return delay

@@ -70,10 +70,12 @@ def serial_if_few(rows: int, device: torch.device) -> Iterator[None]:
     long at 8 rows on one thread: there one thread is 1.2-3 times faster (the 512 x 512 layer
     42 against 117 us, the decode's normalisation 160 against 530 us); at 16 rows the sampler
     runs 1.27 times faster so, and from 32 rows two threads are as fast. With spinning threads
-    nothing changes. The thread count is the calling thread's own (OpenMP's setting is per
-    thread), so other threads are unaffected. The sampler's ``em`` and torchsde's ``euler`` give
-    the same values to the bit either way (tested); ``milstein``'s derivative term can differ by
-    float rounding."""
+    nothing changes. The count is the calling thread's own (OpenMP's setting is per thread), but
+    torch also keeps it process-wide as the count a new thread starts with: a thread whose first
+    torch work comes while another is inside this block starts on one thread, which is why the
+    dashboard's worker sets its own count when it starts (``dashboard.serving``). The sampler's
+    ``em`` and torchsde's ``euler`` give the same values to the bit either way (tested);
+    ``milstein``'s derivative term can differ by float rounding."""
     n = torch.get_num_threads()
     if (rows >= FEW_ROWS or n == 1 or device.type != "cpu"
             or os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE"):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass, replace
 
 import torch
@@ -19,7 +18,7 @@ import torchsde
 
 from . import onednn
 from .embedding import Embedder
-from .limits import MAX_PROMPT_TOKENS, SOLVERS, check_choice, check_limit, check_seed, check_temperature
+from .limits import MAX_PROMPT_TOKENS, SOLVERS, check_choice, check_limit, check_seed, check_temperature, progress_delay
 from .model import ScaledSDE, TextSDE
 
 log = logging.getLogger(__name__)
@@ -189,18 +188,6 @@ def simulate_paths(
     return simulate_requests(model, embedder, [request], progress=progress)[0]
 
 
-def _progress_delay() -> float:
-    """Seconds before the progress bar shows: 2, or tqdm's own ``TQDM_DELAY``."""
-    value = os.environ.get("TQDM_DELAY", "2")
-    try:
-        delay = float(value)
-    except ValueError:
-        delay = math.nan
-    if not delay >= 0:
-        raise ValueError(f"TQDM_DELAY must be a number of seconds (0 or more), not {value!r}")
-    return delay
-
-
 @torch.no_grad()
 def simulate_requests(model: TextSDE, embedder: Embedder, requests: list[SampleRequest], *,
                       progress: bool = False) -> list[Paths]:
@@ -227,7 +214,7 @@ def simulate_requests(model: TextSDE, embedder: Embedder, requests: list[SampleR
     runs = [_Run(model, embedder, r) for r in requests]
     steps = range(max(r.tokens for r in requests))
     if progress:
-        delay = _progress_delay()  # before tqdm's import, which reads TQDM_DELAY too
+        delay = progress_delay()
         from tqdm.auto import tqdm
 
         steps = tqdm(steps, desc="tokens", unit="tok", leave=False, delay=delay, disable=None)  # None: a terminal only

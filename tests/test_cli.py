@@ -198,6 +198,7 @@ def test_a_long_sample_shows_progress_on_a_terminal_unless_told_not_to():
     assert "tokens" not in _stderr_on_a_terminal([*argv, "--no-progress"], env)
     quick = subprocess.run([sys.executable, "-m", "sdecore", *argv], cwd=ROOT, capture_output=True, text=True, env=env)
     assert quick.returncode == 0 and "tokens" not in quick.stderr  # stderr not a terminal: no bar
-    bad = subprocess.run([sys.executable, "-m", "sdecore", *argv], cwd=ROOT, capture_output=True, text=True,
-                         env={**env, "TQDM_DELAY": "-1"})
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "TQDM_DELAY" in bad.stderr
+    for value in ("-1", "soon"):
+        bad = subprocess.run([sys.executable, "-m", "sdecore", *argv], cwd=ROOT, capture_output=True, text=True,
+                             env={**env, "TQDM_DELAY": value})
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "TQDM_DELAY" in bad.stderr, bad.stderr

@@ -208,3 +208,19 @@ def test_a_failed_training_leaves_no_folder(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="too small"):
         runs.train_frame(pd.DataFrame({"prompt": ["a", "b"], "response": ["x", "y"]}), "c.csv", 1, 16, 64)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_new_worker_thread_runs_with_the_worker_s_thread_count(tiny_model):
+    """torch starts a new thread with the process-wide count, which the sampler lowers to one
+    while a few rows run on another thread (sdecore.onednn.serial_if_few): the worker's thread
+    sets the count it was made with."""
+    n = torch.get_num_threads()
+    if n < 2:
+        pytest.skip("one intra-op thread here: nothing to lower")
+    worker = ModelWorker(tiny_model)
+    torch.set_num_threads(1)  # as when the worker's thread starts inside another thread's one-thread block
+    try:
+        seen = worker.call(lambda ck: torch.get_num_threads())
+    finally:
+        torch.set_num_threads(n)
+    assert seen == n

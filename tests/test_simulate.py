@@ -284,13 +284,15 @@ def test_a_few_rows_run_on_one_thread_only_under_passive_waiting(monkeypatch):
     with pytest.raises(RuntimeError), serial_if_few(2, cpu):  # restored when the work fails too
         raise RuntimeError("boom")
     assert torch.get_num_threads() == n
+    with serial_if_few(2, torch.device("cuda")):  # a GPU's work: nothing to change
+        assert torch.get_num_threads() == n
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     with serial_if_few(2, cpu):
         assert torch.get_num_threads() == n
 
 
-@pytest.mark.parametrize("solver", ["em", "euler"])
-def test_one_thread_at_a_few_rows_gives_the_same_paths(tiny_model, monkeypatch, solver):
+@pytest.mark.parametrize("solver, temperature", [("em", 0.0), ("euler", 0.0), ("em", 0.7)])
+def test_one_thread_at_a_few_rows_gives_the_same_paths(tiny_model, monkeypatch, solver, temperature):
     """The sampler at a few rows on one thread (passive waiting) and on all of them: the same
     states, tokens and probabilities to the bit."""
     if torch.get_num_threads() < 2:
@@ -302,6 +304,7 @@ def test_one_thread_at_a_few_rows_gives_the_same_paths(tiny_model, monkeypatch, 
     for policy in ("PASSIVE", "ACTIVE"):
         monkeypatch.setenv("OMP_WAIT_POLICY", policy)
         seen.clear()
-        runs[policy] = _sim(tiny_model, paths=3, tokens=10, solver=solver, record_states=True)
+        runs[policy] = _sim(tiny_model, paths=3, tokens=10, solver=solver, temperature=temperature,
+                            record_states=True)
         assert (1 in seen) == (policy == "PASSIVE")
     _same_paths(runs["PASSIVE"], runs["ACTIVE"], exact_probs=True)
