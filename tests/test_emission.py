@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sdecore import onednn
+from sdecore import losses, onednn
 from sdecore.emission import GaussianEmission, row_max_argmax
 
 # 5 tokens in 2-D; id 0 is a special token (outside the support)
@@ -124,8 +124,33 @@ def test_training_products_through_onednn_give_the_plain_values_and_gradients(mo
     fast = run()
     if onednn.pack(table) is not None:  # where torch has oneDNN, that path ran
         assert fast[-1]._packs["table"][1] is not None and fast[-1]._packs["table_t"][1] is not None
+        # the per-row variance's two terms in one product, [m/var, -1/(2 var)] by [E, E^2]
+        assert fast[-1]._packs["table_both"][1] is not None and fast[-1]._packs["table_both_t"][1] is not None
     monkeypatch.setenv("SDECORE_ONEDNN", "0")
     plain = run()
     assert plain[-1]._packs == {}
     for a, b in zip(fast[:-1], plain[:-1]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_the_emission_cross_entropy_is_torchs_and_differentiates_once():
+    """``losses.emission_ce`` with gradients works in the logits' memory: the loss and the
+    gradient of ``F.cross_entropy``, the logits overwritten by their log-softmax, and a second
+    backward refused rather than run on what the first consumed."""
+    g = torch.Generator().manual_seed(4)
+    base = (torch.randn(40, 3000, generator=g) * 4).requires_grad_()
+    target = torch.randint(0, 3000, (40,), generator=g)
+    want = torch.nn.functional.cross_entropy(base, target)
+    (want_grad,) = torch.autograd.grad(want * 3.0, base)
+    logits = base * 1.0
+    loss = losses.emission_ce(logits, target)
+    torch.testing.assert_close(loss, want)
+    torch.testing.assert_close(logits.detach(), torch.log_softmax(base.detach(), -1))
+    (loss * 3.0).backward(retain_graph=True)
+    torch.testing.assert_close(base.grad, want_grad, rtol=1e-5, atol=1e-7)
+    with pytest.raises(RuntimeError, match="once per forward"):
+        loss.backward()
+    with torch.no_grad():  # without gradients: torch's own, the logits left as they are
+        plain = base.detach().clone()
+        torch.testing.assert_close(losses.emission_ce(plain, target), want)
+        assert torch.equal(plain, base.detach())
