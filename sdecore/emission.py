@@ -142,8 +142,9 @@ class GaussianEmission(nn.Module):
         """Closed-form next-token logits after one SDE step: var = sigma^2 dt + tau^2."""
         return self.logits(mean, sigma2dt + self.tau2)
 
-    def state_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of the token emitted at state ``x`` (batch, dim): var = tau^2. Without
+    def state_logits(self, x: torch.Tensor, banned: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of the token emitted at state ``x`` (batch, dim): var = tau^2, -inf at the
+        ``banned`` ids (vocab,) bool if given (put into the bias: no pass over the logits). Without
         gradients (decoding), the bias (the prior, the mask and the quadratic term, which
         depend on tau and w alone) is computed once and kept until a parameter changes, so a
         decode step costs one (batch x dim) by (dim x vocab) product, not two. The key is each
@@ -151,13 +152,16 @@ class GaussianEmission(nn.Module):
         ``load_state_dict``) and moves invalidate it; writes through ``.data`` and fused
         optimisers, which bypass the counter, would not (nothing here uses them)."""
         if torch.is_grad_enabled() or x.dtype != torch.float32 or torch.is_autocast_enabled(x.device.type):
-            return self.logits(x, self.tau2)
+            logits = self.logits(x, self.tau2)
+            return logits if banned is None else logits.masked_fill(banned, float("-inf"))
         params = (self.log_tau, self.prior_weight, self.log_prior)
         key = tuple((p._version, p.data_ptr()) for p in params)
         if self._state_cache is None or self._state_cache[0] != key:
             inv = 1.0 / self.tau2
             self._state_cache = (key, inv, self._bias(inv))
         _, inv, bias = self._state_cache
+        if banned is not None:
+            bias = bias.masked_fill(banned, float("-inf"))
         return self._product(x * inv, bias, "table")
 
     def _matrix(self, name: str) -> torch.Tensor:
@@ -217,9 +221,9 @@ class GaussianEmission(nn.Module):
             block = DECODE_BLOCK["cpu" if x.device.type == "cpu" else "other"]
         ids, probs = [], []
         for rows in row_blocks(x.shape[0], block):
-            logits = self.state_logits(x[rows])
+            logits = self.state_logits(x[rows], banned)
             with onednn.serial_if_few(logits.shape[0], logits.device):  # the passes over the logits
-                v, p = self._pick(logits, temperature, generator, None if exclude is None else exclude[rows], banned)
+                v, p = self._pick(logits, temperature, generator, None if exclude is None else exclude[rows])
             ids.append(v)
             probs.append(p)
         if not ids:
@@ -228,12 +232,10 @@ class GaussianEmission(nn.Module):
 
     @staticmethod
     def _pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | None,
-              exclude: torch.Tensor | None, banned: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+              exclude: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """One block's ids and probabilities from its logits (overwritten: normalised in place)."""
         if exclude is not None:
             logits.scatter_(-1, exclude[:, None], float("-inf"))
-        if banned is not None:
-            logits.masked_fill_(banned, float("-inf"))
         top, v = row_max_argmax(logits)
         if temperature > 0:
             # max-shifted, so a tiny temperature cannot overflow every logit to -inf

@@ -103,7 +103,10 @@ class TextSDE(nn.Module):
         tf = torch.log1p(t.clamp_min(0) / self.config.dt) / _TIME_NORM
         tf = tf.expand(x.shape[0]).unsqueeze(-1) if tf.ndim == 0 else tf.reshape(-1, 1)
         c = self.config.input_clip
-        return c * torch.tanh(torch.cat([x, h, tf], dim=-1) / c)
+        z = torch.cat([x, h, tf], dim=-1)
+        if torch.is_grad_enabled():
+            return c * torch.tanh(z / c)
+        return z.div_(c).tanh_().mul_(c)  # the same values, in the one buffer
 
     @property
     def gamma(self) -> torch.Tensor:
@@ -209,7 +212,9 @@ class TextSDE(nn.Module):
     def memory_rate(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """dh/dt = (x - h_j) / tau_j for every time scale j: (batch, K * dim)."""
         hk = h.reshape(h.shape[0], -1, self.dim)
-        return ((x.unsqueeze(1) - hk) * (self.memory_rates / self.config.dt)[None, :, None]).reshape(h.shape)
+        diff = x.unsqueeze(1) - hk
+        rates = (self.memory_rates / self.config.dt)[None, :, None]
+        return (diff * rates if torch.is_grad_enabled() else diff.mul_(rates)).reshape(h.shape)
 
     # --------------------------------------------------------------- torchsde API
     def f(self, t, y: torch.Tensor) -> torch.Tensor:

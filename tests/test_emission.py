@@ -154,3 +154,23 @@ def test_the_emission_cross_entropy_is_torchs_and_differentiates_once():
         plain = base.detach().clone()
         torch.testing.assert_close(losses.emission_ce(plain, target), want)
         assert torch.equal(plain, base.detach())
+
+
+def test_banned_ids_go_into_the_bias_with_and_without_gradients():
+    """``state_logits(x, banned)`` is the logits with -inf at the banned ids, the others unchanged
+    to the bit (the ids folded into the product's bias, no pass over the logits), and the decode
+    never emits one."""
+    g = torch.Generator().manual_seed(5)
+    table = torch.randn(3000, 48, generator=g)
+    em = GaussianEmission(table, torch.ones(3000, dtype=torch.bool), tau_init=2.0)
+    x = torch.randn(37, 48, generator=g)
+    banned = torch.rand(3000, generator=g) < 0.3
+    with torch.no_grad():
+        free = em.state_logits(x)
+        assert torch.equal(em.state_logits(x, banned), free.masked_fill(banned, float("-inf")))
+        ids, _ = em.decode(x, banned=banned)
+        assert not banned[ids].any()
+        assert torch.equal(ids, free.masked_fill(banned, float("-inf")).argmax(-1))
+    with_grad = em.state_logits(x, banned)
+    assert with_grad.requires_grad and torch.isinf(with_grad[:, banned]).all()
+    torch.testing.assert_close(with_grad.detach()[:, ~banned], free[:, ~banned], rtol=1e-5, atol=1e-4)
