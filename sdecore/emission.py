@@ -166,8 +166,10 @@ class GaussianEmission(nn.Module):
     def _matrix(self, name: str) -> torch.Tensor:
         """The (vocab, k) matrix ``name``: the table (``"table"``), or the table beside its square,
         (vocab, 2 dim) (``"table_both"``); with ``_t``, its transpose, contiguous."""
-        base = torch.cat([self.table, self.table_sq], dim=-1) if name.startswith("table_both") else self.table
-        return base.T.contiguous() if name.endswith("_t") else base
+        if name.startswith("table_both"):  # built in its final layout: one copy, not two
+            t = name.endswith("_t")
+            return torch.cat([self.table.T, self.table_sq.T] if t else [self.table, self.table_sq], dim=0 if t else -1)
+        return self.table.T.contiguous() if name.endswith("_t") else self.table
 
     def _packed(self, name: str, a: torch.Tensor) -> torch.Tensor | None:
         """The oneDNN-packed form of the matrix ``name`` (:meth:`_matrix`), packed on first use and
