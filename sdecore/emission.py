@@ -112,7 +112,8 @@ class GaussianEmission(nn.Module):
         (and the Gaussian's normaliser, equal for every v) cancels in the softmax. Everything
         that does not depend on the row (the prior, the support mask, and the quadratic when
         ``var`` is shared) is one bias of shape (vocab,), added inside the product (``addmm``),
-        so a (batch, vocab) tensor is written once, or twice with a per-row ``var``. Always
+        so a (batch, vocab) tensor is written once; with a per-row ``var`` also once where the
+        packed kernel runs (one product of twice the depth), else twice. Always
         float32, also under autocast: the terms are tens of nats each and cancel to the logits,
         beyond bfloat16's eight-bit mantissa.
         """
@@ -124,11 +125,12 @@ class GaussianEmission(nn.Module):
         if inv.ndim == 1:
             return self._product(mean * inv, self._bias(inv), "table")
         # a variance per row: both terms in one product of twice the depth where the packed
-        # kernel runs, [m/var, -1/(2 var)] by [E, E^2] (one (batch, vocab) write, and one read of
-        # its gradient backwards: a training step 1.4 times faster here than two products and a sum)
-        both = torch.cat([mean * inv, -0.5 * inv], dim=-1)
-        if self._packed("table_both", both) is not None:
-            return self._product(both, self._bias(), "table_both")
+        # kernel runs (both ways when there are gradients), [m/var, -1/(2 var)] by [E, E^2]: one
+        # (batch, vocab) write, and one read of its gradient backwards (a training step 1.4 times
+        # faster here than two products and a sum)
+        packed = self._packed("table_both", mean) is not None
+        if packed and (not torch.is_grad_enabled() or self._packed("table_both_t", mean) is not None):
+            return self._product(torch.cat([mean * inv, -0.5 * inv], dim=-1), self._bias(), "table_both")
         return torch.addmm(self._bias(), mean * inv, self.table_t).addmm_(inv, self.table_sq.T, alpha=-0.5)
 
     def _bias(self, shared_inv: torch.Tensor | None = None) -> torch.Tensor:

@@ -48,6 +48,7 @@ class _CrossEntropy(torch.autograd.Function):
         return -logp.gather(-1, targets[:, None]).mean()
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         if ctx.consumed:
             raise RuntimeError("the emission's cross-entropy can be differentiated once per forward")
@@ -60,10 +61,13 @@ class _CrossEntropy(torch.autograd.Function):
 
 def emission_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Cross-entropy (nats per token) of the next token under the emission's logits (batch, vocab),
-    the mean over rows, as ``F.cross_entropy``. With gradients it goes through
-    :class:`_CrossEntropy`, which overwrites ``logits`` with their log-softmax: pass a tensor
-    nothing else reads (an op that saved it for its own backward would then raise, not err)."""
-    if not (torch.is_grad_enabled() and logits.requires_grad):
+    the mean over rows, as ``F.cross_entropy`` (every target a valid id: no ``ignore_index``).
+    With gradients, for contiguous float32 logits, it goes through :class:`_CrossEntropy`, which
+    overwrites ``logits`` with their log-softmax: pass a tensor nothing else reads (an op that
+    saved it for its own backward would then raise, not err). Other logits (a strided view, whose
+    in-place log-softmax torch gets wrong; a lower precision) take ``F.cross_entropy``."""
+    if not (torch.is_grad_enabled() and logits.requires_grad and logits.dtype == torch.float32
+            and logits.is_contiguous() and logits.ndim == 2):
         return F.cross_entropy(logits, targets)
     return _CrossEntropy.apply(logits, targets)
 

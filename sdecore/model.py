@@ -339,7 +339,7 @@ class TextSDE(nn.Module):
             mu = mu.detach()
         mean = self.read_mean(x, mu, self.readout_shift(z))
         logits = self.emission.next_token_logits(mean, (sig.detach() ** 2) * dt)
-        out["ce"] = losses.emission_ce(logits, v_next)
+        out["ce"] = losses.emission_ce(logits, v_next)  # overwrites the logits: read them before, never after
         return out
 
 

@@ -174,3 +174,47 @@ def test_banned_ids_go_into_the_bias_with_and_without_gradients():
     with_grad = em.state_logits(x, banned)
     assert with_grad.requires_grad and torch.isinf(with_grad[:, banned]).all()
     torch.testing.assert_close(with_grad.detach()[:, ~banned], free[:, ~banned], rtol=1e-5, atol=1e-4)
+
+
+def test_the_training_cross_entropy_on_per_row_logits_is_torchs(monkeypatch):
+    """The training step's pairing, per-row-variance logits into ``emission_ce``: the loss and the
+    gradients (mean, tau, the prior's weight) of ``F.cross_entropy`` on the plain two products,
+    also where the transpose's pack declines (then the two products run, not a copy per call)."""
+    g = torch.Generator().manual_seed(6)
+    table = torch.randn(3000, 48, generator=g)
+    mean, var = torch.randn(40, 48, generator=g), torch.rand(40, 48, generator=g) + 0.5
+    target = torch.randint(0, 3000, (40,), generator=g)
+
+    def run(ce):
+        em = GaussianEmission(table, torch.ones(3000, dtype=torch.bool), tau_init=2.0)
+        m = mean.clone().requires_grad_()
+        loss = ce(em.next_token_logits(m, var), target)
+        loss.backward()
+        return [loss.detach(), m.grad, em.log_tau.grad, em.prior_weight.grad], em
+
+    fast, em = run(losses.emission_ce)
+    with monkeypatch.context() as mp:
+        mp.setenv("SDECORE_ONEDNN", "0")
+        plain, _ = run(torch.nn.functional.cross_entropy)
+    for a, b in zip(fast, plain):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    if onednn.pack(table) is None:
+        return
+    assert em._packs["table_both_t"][1] is not None
+    real = onednn.pack
+    monkeypatch.setattr(onednn, "pack", lambda w, *a, **k: None if w.shape[0] == 2 * 48 else real(w, *a, **k))
+    declined, em = run(losses.emission_ce)
+    assert em._packs["table_both_t"][1] is None
+    for a, b in zip(declined, plain):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_strided_or_low_precision_logits_take_torchs_cross_entropy():
+    g = torch.Generator().manual_seed(7)
+    wide = (torch.randn(20, 600, generator=g) * 4).requires_grad_()
+    target = torch.randint(0, 300, (20,), generator=g)
+    view = (wide * 1.0)[:, ::2]  # a strided view: the in-place kernel would be wrong on it
+    want = torch.nn.functional.cross_entropy(wide.detach()[:, ::2], target)
+    torch.testing.assert_close(losses.emission_ce(view, target), want)
+    half = (wide.detach()[:, :300] * 1.0).bfloat16().requires_grad_()
+    torch.testing.assert_close(losses.emission_ce(half, target), torch.nn.functional.cross_entropy(half, target))

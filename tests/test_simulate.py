@@ -308,3 +308,18 @@ def test_one_thread_at_a_few_rows_gives_the_same_paths(tiny_model, monkeypatch, 
                             record_states=True)
         assert (1 in seen) == (policy == "PASSIVE")
     _same_paths(runs["PASSIVE"], runs["ACTIVE"], exact_probs=True)
+
+
+def test_the_inference_buffers_worked_in_place_hold_the_same_values(tiny_model):
+    """Without gradients the nets' bounded input and the memory's rate are made in place in one
+    buffer each: the values of the out-of-place forms (with gradients) to the bit, inputs untouched."""
+    model = tiny_model.model.eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, model.dim, generator=g) * 3
+    h = torch.randn(5, model.config.memory_dim, generator=g) * 3
+    keep = (x.clone(), h.clone())
+    with torch.no_grad():
+        z0, r0 = model._features(x, h, 2.0), model.memory_rate(x, h)
+    z1, r1 = model._features(x, h, 2.0), model.memory_rate(x, h)
+    assert torch.equal(z0, z1) and torch.equal(r0, r1)
+    assert torch.equal(x, keep[0]) and torch.equal(h, keep[1])
