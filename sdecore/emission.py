@@ -167,11 +167,12 @@ class GaussianEmission(nn.Module):
 
     def _matrix(self, name: str) -> torch.Tensor:
         """The (vocab, k) matrix ``name``: the table (``"table"``), or the table beside its square,
-        (vocab, 2 dim) (``"table_both"``); with ``_t``, its transpose, contiguous."""
+        (vocab, 2 dim) (``"table_both"``); with ``_t``, its transpose, contiguous (the table's is the
+        ``table_t`` buffer)."""
         if name.startswith("table_both"):  # built in its final layout: one copy, not two
             t = name.endswith("_t")
             return torch.cat([self.table.T, self.table_sq.T] if t else [self.table, self.table_sq], dim=0 if t else -1)
-        return self.table.T.contiguous() if name.endswith("_t") else self.table
+        return self.table_t if name.endswith("_t") else self.table
 
     def _packed(self, name: str, a: torch.Tensor) -> torch.Tensor | None:
         """The oneDNN-packed form of the matrix ``name`` (:meth:`_matrix`), packed on first use and
@@ -199,7 +200,7 @@ class GaussianEmission(nn.Module):
                 return _PackedProduct.apply(a, bias, fwd, bwd)
             fwd = None  # the transpose's pack declined: torch's own product, with its gradient
         if fwd is None:
-            m = self.table_t if name == "table" else self._matrix(name + "_t")
+            m = self._matrix(name + "_t")
             return a @ m if bias is None else torch.addmm(bias, a, m)
         return onednn.linear(a, fwd, bias)
 
