@@ -71,6 +71,8 @@ def rgba(color: str, alpha: float) -> str:
 def quantiles(values: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
     """Quantiles across rows (paths) at each column, ignoring NaN: (paths, steps) -> (len(qs), steps)."""
     v = np.asarray(values, dtype=np.float64)
+    if not np.isnan(v).any():  # the common case: numpy's vectorised quantile, several times faster
+        return np.quantile(v, qs, axis=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column (every path stopped) stays NaN
         return np.nanquantile(v, qs, axis=0)

@@ -22,7 +22,7 @@ from sdecore.refmap import PCAMap, load_reference_map
 from sdecore.simulate import SampleRequest
 
 from .serving import BACKGROUND, INTERACTIVE
-from .session import N_REFERENCE, model
+from .session import N_REFERENCE, PAGE_LIMITS, env_number, model
 
 
 # ----------------------------------------------------------------------------- maps
@@ -70,8 +70,7 @@ def generate(folder: str, stamp: tuple, prompt: str, paths: int, tokens: int, sc
     entries small (64 paths x 128 tokens of states is 12 MB).
     """
     ck, worker = model(folder, stamp)
-    (res,) = worker.simulate([SampleRequest(prompt, paths=paths, tokens=tokens, diffusion_scale=scale, solver=solver,
-                                            substeps=substeps, seed=seed, snap=snap, record_states=True)])
+    (res,) = worker.simulate([_request(prompt, paths, tokens, scale, solver, substeps, seed, snap)])
     texts = sdecore.path_texts(ck.embedder, res)
     ids = res.token_ids.numpy()
     return {
@@ -93,11 +92,63 @@ def nearest_tokens(folder: str, stamp: tuple, prompt: str, paths: int, tokens: i
     res = generate(folder, stamp, prompt, paths, tokens, scale, solver, substeps, seed, snap)
     ck, worker = model(folder, stamp)
     states = res["states"]
-    ids = worker.call(lambda c: c.model.emission.nearest_tokens(states.reshape(-1, states.shape[-1])).cpu().numpy(),
-                      INTERACTIVE)
+    ids = worker.take_derived(_request(prompt, paths, tokens, scale, solver, substeps, seed, snap))
+    if ids is None:  # not prefetched
+        ids = worker.call(lambda c: _nearest_ids(c, states), INTERACTIVE)
     ids = ids.reshape(states.shape[:2])
     return [[tok if v >= 0 else "" for v, tok in zip(row, ck.embedder.tokens([max(int(v), 0) for v in row]))]
             for row in ids]
+
+
+def _request(prompt: str, paths: int, tokens: int, scale: float, solver: str, substeps: int, seed: int,
+             snap: bool) -> SampleRequest:
+    """The Generate page's run: the key its result is simulated, prefetched and found under."""
+    return SampleRequest(prompt, paths=paths, tokens=tokens, diffusion_scale=scale, solver=solver, substeps=substeps,
+                         seed=seed, snap=snap, record_states=True)
+
+
+def _nearest_ids(ck: sdecore.Checkpoint, states) -> np.ndarray:
+    """The emittable token nearest to each recorded state, flat (rows of ``states`` (..., dim))."""
+    states = np.asarray(states, dtype=np.float32)
+    return ck.model.emission.nearest_tokens(states.reshape(-1, states.shape[-1])).cpu().numpy()
+
+
+# Prefetch only runs this small (the page's default is 8 x 24): a large one would hold the cores
+# and the worker's memory for a step the user may never take.
+PREFETCH_MAX_PATH_TOKENS = 2048
+
+
+def prefetch_reach() -> int:
+    """How many slider steps either side of the shown value are prefetched: ``SDECORE_PREFETCH``,
+    default 1; 0 turns prefetching off (a busy server's cores stay with the sessions' own runs)."""
+    return int(env_number("SDECORE_PREFETCH", 1, 0))
+
+
+def neighbour_scales(scale: float, step: float, reach: int = 1, seen=()) -> list[float]:
+    """The diffusion slider's values up to ``reach`` steps either side of ``scale`` (on the
+    slider's grid and within its range), nearest first and, at equal distance, the larger first
+    (a slider is usually moved up), leaving out ``seen``."""
+    lo, hi = PAGE_LIMITS["diffusion_scale"]
+    out = []
+    for k in range(1, reach + 1):
+        for v in (scale + k * step, scale - k * step):
+            v = round(round(v / step) * step, 10)
+            if lo <= v <= hi and v not in seen and v not in out:
+                out.append(v)
+    return out
+
+
+def prefetch(folder: str, stamp: tuple, prompt: str, paths: int, tokens: int, scales: list[float], solver: str,
+             substeps: int, seed: int, snap: bool, owner=None) -> int:
+    """Ask the model's worker to simulate the Generate page's run at ``scales`` when it is idle,
+    with the map's nearest tokens (:meth:`dashboard.serving.ModelWorker.prefetch`): a step of the
+    slider is then answered without simulating. Only ``em`` runs of at most
+    ``PREFETCH_MAX_PATH_TOKENS`` path-tokens; returns how many runs were queued."""
+    if solver != "em" or paths * tokens > PREFETCH_MAX_PATH_TOKENS or not scales:
+        return 0
+    _, worker = model(folder, stamp)
+    reqs = [_request(prompt, paths, tokens, s, solver, substeps, seed, snap) for s in scales]
+    return worker.prefetch(reqs, owner=owner, derive=lambda c, r, p: _nearest_ids(c, p.states))
 
 
 # ----------------------------------------------------------------------------- stability

@@ -25,6 +25,8 @@ import sdecore
 from sdecore.evaluate import write_report
 from sdecore.runtime import resolve_device
 
+from .session import env_number
+
 MODEL_SIZES = {"small (fast)": 64, "medium": 128, "large (slow on a CPU)": 256}
 
 
@@ -34,28 +36,14 @@ def runs_dir() -> Path:
     return Path(env).expanduser() if env else Path(__file__).resolve().parent.parent / "runs" / "dashboard"
 
 
-def _setting(name: str, default: float, minimum: float) -> float:
-    """A number from the environment, or ``default`` when unset; one line naming it when invalid."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number") from None
-    if not value >= minimum:
-        raise ValueError(f"{name}={raw!r} must be at least {minimum:g}")
-    return value
-
-
 def train_slots() -> int:
     """How many Train-page runs a server runs at once: `SDECORE_TRAIN_SLOTS`, default 1."""
-    return int(_setting("SDECORE_TRAIN_SLOTS", 1, 1))
+    return int(env_number("SDECORE_TRAIN_SLOTS", 1, 1))
 
 
 def runs_quota_mb() -> float:
     """The disk the Train page's folders may take together: `SDECORE_RUNS_QUOTA_MB`, default 500."""
-    return _setting("SDECORE_RUNS_QUOTA_MB", 500.0, 1.0)
+    return env_number("SDECORE_RUNS_QUOTA_MB", 500.0, 1.0)
 
 
 def activate(session_state, folder: str | Path | None, name: str = "") -> None:

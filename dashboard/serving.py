@@ -7,24 +7,35 @@ so a class moving its sliders at once costs one batched run instead of thirty ru
 other. Interactive requests (the Generate page) go first; other work (the Stability page's
 analysis and sweep, nearest tokens, text analysis) queues behind them as background jobs, one at a
 time. The first request after an idle spell starts at once: batching never adds waiting.
+
+When it has nothing else to do, the worker runs **prefetches**: runs a page expects to be asked
+for next (the Generate page's neighbouring slider values), kept until a session asks for them, so
+that a slider's step is answered without simulating. A prefetch is the lowest priority, is dropped
+between two tokens as soon as other work waits (unless a session is already waiting for its
+result), and a session's newer prefetch replaces its older one that has not started.
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
 import itertools
 import threading
-from collections.abc import Callable
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 import sdecore
-from sdecore.simulate import SampleRequest, simulate_requests
+from sdecore.simulate import Cancelled, Paths, SampleRequest, simulate_requests
 
-INTERACTIVE, BACKGROUND = 0, 1
+INTERACTIVE, BACKGROUND, PREFETCH = 0, 1, 2
 MAX_BATCH_ROWS = 512  # paths in one batch: the decode's logits stay at two 31 MB blocks
+KEPT_MB = 64  # prefetched results waiting to be asked for, at most (oldest dropped first)
 
 
 @dataclass(order=True)
@@ -34,6 +45,9 @@ class _Job:
     requests: list[SampleRequest] | None = field(compare=False, default=None)
     fn: Callable | None = field(compare=False, default=None)
     future: Future = field(compare=False, default_factory=Future)
+    owner: Hashable | None = field(compare=False, default=None)  # a prefetch's session
+    derive: Callable | None = field(compare=False, default=None)  # a prefetch's derived value per run
+    waiters: int = field(compare=False, default=0)  # sessions waiting for a running prefetch
 
     @property
     def rows(self) -> int:
@@ -45,21 +59,127 @@ class ModelWorker:
     starts with the first job and ends after ``idle_s`` without one, so a model the cache has let
     go of is not kept alive by its worker; the next job starts a new thread."""
 
-    def __init__(self, ckpt: sdecore.Checkpoint, max_rows: int = MAX_BATCH_ROWS, idle_s: float = 60.0):
+    def __init__(self, ckpt: sdecore.Checkpoint, max_rows: int = MAX_BATCH_ROWS, idle_s: float = 60.0,
+                 kept_mb: float = KEPT_MB):
         self.ckpt, self.max_rows, self.idle_s = ckpt, max_rows, idle_s
         self.threads = torch.get_num_threads()  # the intra-op threads its thread runs with
         self._cond = threading.Condition()
         self._pending: list[_Job] = []
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
+        self._running: _Job | None = None  # the prefetch the worker is running, if it is one
+        # prefetched results not yet asked for: request -> {"paths": Paths, "derived": value}
+        self._kept: OrderedDict[SampleRequest, dict] = OrderedDict()
+        self._kept_bytes, self.kept_limit = 0, int(kept_mb * 2**20)
         self.batches = 0  # how many simulation batches ran, and how many requests they held
         self.batched_requests = 0
+        self.prefetched = self.prefetch_hits = self.prefetch_cancelled = 0  # runs prefetched, asked for, dropped
+        self._closing = False
+        _WORKERS.add(self)
 
     def simulate(self, requests: list[SampleRequest], priority: int = INTERACTIVE) -> list:
-        """``Paths`` for each request, as :func:`sdecore.simulate_paths` gives it alone."""
+        """``Paths`` for each request, as :func:`sdecore.simulate_paths` gives it alone: a prefetched
+        result at once, a prefetch that is running when it ends, the others simulated."""
+        requests = list(requests)
         if self._on_worker():
-            return simulate_requests(self.ckpt.model, self.ckpt.embedder, list(requests))
-        return self._submit(_Job(priority, next(self._seq), requests=list(requests))).result()
+            return simulate_requests(self.ckpt.model, self.ckpt.embedder, requests)
+        out: list = [None] * len(requests)
+        todo, waits = [], []
+        with self._cond:
+            for i, r in enumerate(requests):
+                kept = self._take_kept(r, "paths")
+                if kept is not None:
+                    out[i] = kept
+                    self.prefetch_hits += 1
+                elif self._running is not None and r in self._running.requests:
+                    self._running.waiters += 1  # its result is on its way: the run is no longer dropped
+                    waits.append((i, self._running))
+                else:
+                    for job in self._pending:  # a prefetch not started yet: this request runs it now
+                        if job.priority == PREFETCH and r in job.requests:
+                            job.requests.remove(r)
+                            if not job.requests:
+                                self._pending.remove(job)
+                            break
+                    todo.append(i)
+        if todo:
+            got = self._submit(_Job(priority, next(self._seq), requests=[requests[i] for i in todo])).result()
+            for i, paths in zip(todo, got):
+                out[i] = paths
+        for i, job in waits:
+            try:
+                out[i] = job.future.result()[job.requests.index(requests[i])]
+                with self._cond:
+                    self._take_kept(requests[i], "paths")
+                self.prefetch_hits += 1
+            except Cancelled:  # dropped before this session's wait was seen: run it after all
+                out[i] = self.simulate([requests[i]], priority)[0]
+        return out
+
+    def prefetch(self, requests: list[SampleRequest], owner: Hashable | None = None,
+                 derive: Callable[[sdecore.Checkpoint, SampleRequest, Paths], object] | None = None) -> int:
+        """Simulate ``requests`` when the worker has nothing else to do and keep each result until
+        :meth:`simulate` asks for it; with ``derive``, also ``derive(checkpoint, request, paths)``
+        right after, kept for :meth:`take_derived`. Requests already kept or on their way are left
+        out, and ``owner``'s earlier prefetch that has not started is dropped (its slider has moved
+        on). Returns how many runs were queued; nothing waits for them."""
+        with self._cond:
+            if self._closing:
+                return 0
+            if owner is not None:
+                for job in [j for j in self._pending if j.priority == PREFETCH and j.owner == owner]:
+                    self._pending.remove(job)
+            busy = set(self._kept)
+            for job in self._pending + ([self._running] if self._running else []):
+                busy.update(job.requests or ())
+            wanted = [r for r in dict.fromkeys(requests) if r not in busy and _batchable([r])]
+        if wanted:
+            self._submit(_Job(PREFETCH, next(self._seq), requests=wanted, owner=owner, derive=derive))
+        return len(wanted)
+
+    def take_derived(self, request: SampleRequest):
+        """The value a prefetch's ``derive`` made for ``request``, once (None if there is none)."""
+        with self._cond:
+            return self._take_kept(request, "derived")
+
+    def _take_kept(self, request: SampleRequest, part: str):
+        """Pop one part of a kept result (the lock held)."""
+        entry = self._kept.get(request)
+        if entry is None or part not in entry:
+            return None
+        value = entry.pop(part)
+        self._kept_bytes -= _nbytes(value)
+        if not entry:
+            del self._kept[request]
+        return value
+
+    def _keep(self, request: SampleRequest, entry: dict) -> None:
+        """Keep a prefetched result (the lock held), dropping the oldest beyond the limit."""
+        self._kept[request] = entry
+        self._kept_bytes += sum(_nbytes(v) for v in entry.values())
+        while self._kept_bytes > self.kept_limit and self._kept:
+            _, old = self._kept.popitem(last=False)
+            self._kept_bytes -= sum(_nbytes(v) for v in old.values())
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Drop the prefetches and wait up to ``timeout`` s for the work under way to end: at the
+        process's exit, so that no run is left inside torch while the interpreter shuts down."""
+        with self._cond:
+            self._closing = True
+            self._pending = [j for j in self._pending if j.priority != PREFETCH]
+            thread = self._thread
+            self._cond.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _should_drop(self, job: _Job) -> bool:
+        """A running prefetch gives way when other work waits and no session waits for it (or the
+        process is ending); from then on no session can start waiting for it."""
+        with self._cond:
+            drop = self._closing or (job.waiters == 0 and any(j.priority < PREFETCH for j in self._pending))
+            if drop:
+                self._running = None
+            return drop
 
     def call(self, fn: Callable[[sdecore.Checkpoint], object], priority: int = BACKGROUND):
         """``fn(checkpoint)`` on the worker, alone, after the interactive requests waiting (at once
@@ -83,21 +203,25 @@ class ModelWorker:
     def _take(self) -> list[_Job] | None:
         """The next piece of work: the most urgent job and, when it is a simulation, every other
         simulation waiting that fits in the batch (interactive first, then in arrival order).
-        None after ``idle_s`` without work: the thread then ends (under the lock, so a job
-        submitted meanwhile starts a new one)."""
+        None after ``idle_s`` without work, or once closing with none left: the thread then ends
+        (under the lock, so a job submitted meanwhile starts a new one)."""
         with self._cond:
-            if not self._pending:
+            if not self._pending and not self._closing:
                 self._cond.wait(self.idle_s)
             if not self._pending:
                 self._thread = None
                 return None
             self._pending.sort()
             first = self._pending.pop(0)
+            if first.priority == PREFETCH:
+                self._running = first
+                return [first]
             if first.requests is None or not _batchable(first.requests):
                 return [first]
             taken, rows = [first], first.rows
             for job in list(self._pending):
-                if job.requests is not None and _batchable(job.requests) and rows + job.rows <= self.max_rows:
+                if (job.requests is not None and job.priority != PREFETCH and _batchable(job.requests)
+                        and rows + job.rows <= self.max_rows):
                     taken.append(job)
                     rows += job.rows
                     self._pending.remove(job)
@@ -120,6 +244,9 @@ class ModelWorker:
 
     def _do(self, jobs: list[_Job]) -> None:
         first = jobs[0]
+        if first.priority == PREFETCH:
+            self._prefetch(first)
+            return
         if first.fn is not None:
             _run(first, functools.partial(first.fn, self.ckpt))
             return
@@ -138,6 +265,52 @@ class ModelWorker:
                 return
         for job in jobs:
             _run(job, lambda job=job: simulate_requests(self.ckpt.model, self.ckpt.embedder, job.requests))
+
+
+    def _prefetch(self, job: _Job) -> None:
+        """Run a prefetch on one intra-op thread: speculative work leaves the other cores to the
+        sessions' own page runs (and a browser on the same machine). The values are the same as
+        with every thread (the products split their output, not their sums; tested)."""
+        try:
+            torch.set_num_threads(1)
+            try:
+                results = simulate_requests(self.ckpt.model, self.ckpt.embedder, job.requests,
+                                            cancel=lambda: self._should_drop(job))
+                derived = [job.derive(self.ckpt, r, p) if job.derive else None
+                           for r, p in zip(job.requests, results)]
+            finally:
+                torch.set_num_threads(self.threads)
+        except BaseException as exc:  # dropped, or a failure nobody asked to see: nothing is kept
+            with self._cond:
+                if self._running is job:
+                    self._running = None
+                self.prefetch_cancelled += isinstance(exc, Cancelled)
+            job.future.set_exception(exc)
+            return
+        with self._cond:
+            for r, paths, extra in zip(job.requests, results, derived):
+                self._keep(r, {"paths": paths} if extra is None else {"paths": paths, "derived": extra})
+            self.prefetched += len(results)
+            self._running = None
+        job.future.set_result(results)
+
+
+_WORKERS: weakref.WeakSet[ModelWorker] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_workers() -> None:
+    for worker in list(_WORKERS):
+        worker.close()
+
+
+def _nbytes(value) -> int:
+    """Bytes held by a kept value: a Paths' tensors, an array, or nothing countable."""
+    if isinstance(value, Paths):
+        return sum(v.numel() * v.element_size() for v in vars(value).values() if isinstance(v, torch.Tensor))
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return int(value.nbytes)
+    return 0
 
 
 def _batchable(requests: list[SampleRequest]) -> bool:

@@ -8,6 +8,7 @@ retrained model) is reloaded.
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import streamlit as st
@@ -56,6 +57,28 @@ def folder_stamp(folder: Path) -> tuple:
             s = p.stat()
             out.append((name, s.st_mtime_ns, s.st_size))
     return tuple(out)
+
+
+def env_number(name: str, default: float, minimum: float) -> float:
+    """A number from the environment, or ``default`` when unset; one line naming it when invalid."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+    if not value >= minimum:
+        raise ValueError(f"{name}={raw!r} must be at least {minimum:g}")
+    return value
+
+
+def owner(state) -> str:
+    """A name for this browser session (kept in its ``st.session_state``), which the model's
+    worker uses to replace a session's older prefetch with its newer one."""
+    if "_owner" not in state:
+        state["_owner"] = uuid.uuid4().hex
+    return state["_owner"]
 
 
 # ----------------------------------------------------------------------------- checkpoint

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -188,9 +189,13 @@ def simulate_paths(
     return simulate_requests(model, embedder, [request], progress=progress)[0]
 
 
+class Cancelled(Exception):
+    """A run of :func:`simulate_requests` stopped by its ``cancel`` callback before it ended."""
+
+
 @torch.no_grad()
 def simulate_requests(model: TextSDE, embedder: Embedder, requests: list[SampleRequest], *,
-                      progress: bool = False) -> list[Paths]:
+                      progress: bool = False, cancel: Callable[[], bool] | None = None) -> list[Paths]:
     """Several runs of :func:`simulate_paths` at once, each giving exactly what it gives alone
     (docs/design.md §3): the runs advance token by token in lockstep and their matrix products,
     the nets' and the decode's, go through the same kernel in one batch, which gives every row
@@ -200,7 +205,9 @@ def simulate_requests(model: TextSDE, embedder: Embedder, requests: list[SampleR
     rounding differs); runs at a temperature decode apart, each with its generator. Only ``em``
     runs can share a batch; another solver runs alone. Where the packed kernels do not run (a GPU,
     ``SDECORE_ONEDNN=0``; :meth:`TextSDE.batches_exactly`), the runs are simulated one after
-    another instead, still each exactly as alone."""
+    another instead, still each exactly as alone. ``cancel``, when given, is asked before each token
+    step; when it answers True the runs stop there and :class:`Cancelled` is raised (the
+    dashboard's worker drops a speculative run this way when a session's request arrives)."""
     requests = [r.checked() for r in requests]
     if not requests:
         return []
@@ -210,7 +217,7 @@ def simulate_requests(model: TextSDE, embedder: Embedder, requests: list[SampleR
         model.eval()
     if len(requests) > 1 and not model.batches_exactly():
         # without the packed kernels a batch would round a run's rows differently: one at a time
-        return [simulate_requests(model, embedder, [r], progress=progress)[0] for r in requests]
+        return [simulate_requests(model, embedder, [r], progress=progress, cancel=cancel)[0] for r in requests]
     runs = [_Run(model, embedder, r) for r in requests]
     steps = range(max(r.tokens for r in requests))
     if progress:
@@ -222,6 +229,10 @@ def simulate_requests(model: TextSDE, embedder: Embedder, requests: list[SampleR
         active = [run for run in runs if not run.done and k < run.req.tokens]
         if not active:
             break
+        if cancel is not None and cancel():
+            if progress:
+                steps.close()
+            raise Cancelled(f"cancelled before token {k + 1} of {len(steps)}")
         # the nets and the step's small element-wise work: one thread at a few rows (onednn.serial_if_few)
         with onednn.serial_if_few(sum(run.y.shape[0] for run in active), model.emb_mean.device):
             if active[0].req.solver == "em":

@@ -12,6 +12,7 @@ configure_threads()
 
 import io  # noqa: E402
 import json  # noqa: E402
+import re  # noqa: E402
 import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -56,7 +57,9 @@ def chart_specs(at: AppTest) -> list[str]:
 
 
 def continuations(at: AppTest) -> list[str]:
-    return [m.value for m in at.markdown if m.value[:3] in {f"**{i}" for i in range(1, 10)}]
+    """The Generate page's numbered continuations (one markdown element holds them all, a line each)."""
+    lines = [line for m in at.markdown for line in m.value.split("\n\n")]
+    return [line for line in lines if line[:3] in {f"**{i}" for i in range(1, 10)}]
 
 
 # ----------------------------------------------------------------------------- pages
@@ -90,6 +93,58 @@ def test_generate_reads_state_from_query_params(model_env):
     assert at.number_input(key="seed").value == 3
     assert at.selectbox(key="solver").value == "euler"
     assert len(continuations(at)) == 4
+
+
+def _worker(folder):
+    from dashboard import session
+
+    return session.model(str(folder), session.folder_stamp(Path(folder)))[1]
+
+
+def _wait_for(condition, timeout: float = 60.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)
+
+
+def test_generate_prefetches_the_slider_s_next_steps(model_env):
+    """After a run the page has the slider's neighbouring values simulated while it is read; a step
+    then finds its run ready, with the text a run at that value gives."""
+    import sdecore
+
+    at = start()
+    worker = _worker(model_env)
+    hits = worker.prefetch_hits
+    _wait_for(lambda: {r.diffusion_scale for r in worker._kept} >= {0.95, 1.05})
+    at.slider(key="scale").set_value(1.05).run()
+    assert_clean(at)
+    assert worker.prefetch_hits == hits + 1
+    ck = sdecore.load_checkpoint(model_env)
+    want = sdecore.path_texts(ck.embedder, sdecore.simulate_paths(
+        ck.model, ck.embedder, at.text_area(key="prompt").value, paths=8, tokens=24, diffusion_scale=1.05))
+    from dashboard import token_html
+
+    got = continuations(at)
+    assert len(got) == 8
+    for w, line in zip(want, got):  # each line's spans hold exactly that run's tokens
+        spans = [token_html.escape_text(t[2:] if t.startswith("##") else t) for t in w["tokens"]]
+        assert re.findall(r">([^<]*)</span>", line)[:len(spans)] == spans
+    _wait_for(lambda: 1.1 in {r.diffusion_scale for r in worker._kept})  # the next one up; 1.0 is cached
+
+
+def test_generate_prefetch_follows_its_setting(model_env, monkeypatch):
+    monkeypatch.setenv("SDECORE_PREFETCH", "0")
+    at = start()
+    at.slider(key="scale").set_value(2.0).run()
+    assert_clean(at)
+    assert not any(r.diffusion_scale in (1.95, 2.05) for r in _worker(model_env)._kept)
+    monkeypatch.setenv("SDECORE_PREFETCH", "many")
+    at.slider(key="scale").set_value(2.5).run()
+    assert_clean(at)
+    assert any("SDECORE_PREFETCH='many' is not a number" in w.value for w in at.warning)
 
 
 def test_generate_bad_prompt_gives_an_error_not_a_traceback(model_env):

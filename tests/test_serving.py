@@ -224,3 +224,129 @@ def test_a_new_worker_thread_runs_with_the_worker_s_thread_count(tiny_model):
     finally:
         torch.set_num_threads(n)
     assert seen == n
+
+
+# ----------------------------------------------------------------------------- prefetch
+def _lone(tiny_model, r: SampleRequest):
+    return simulate_paths(tiny_model.model, tiny_model.embedder, r.prompt, paths=r.paths, tokens=r.tokens,
+                          diffusion_scale=r.diffusion_scale, seed=r.seed, record_states=r.record_states)
+
+
+def _same(a, b) -> bool:
+    return (torch.equal(a.token_ids, b.token_ids) and torch.equal(a.probs, b.probs)
+            and torch.equal(a.states.nan_to_num(), b.states.nan_to_num())
+            and torch.equal(a.drift.nan_to_num(), b.drift.nan_to_num()))
+
+
+PREFETCHED = [SampleRequest("How can I sleep better?", paths=4, tokens=6, diffusion_scale=s, seed=3, record_states=True)
+              for s in (0.95, 1.05)]
+
+
+def test_a_prefetched_run_is_what_the_request_gives_alone_and_needs_no_simulation(tiny_model):
+    """Prefetches run on one thread, and are kept: asking for one later gives exactly what a run
+    alone gives (with every thread), with nothing simulated for it, and its derived value once."""
+    worker = ModelWorker(tiny_model)
+    assert worker.prefetch(PREFETCHED, owner="a", derive=lambda c, r, p: r.diffusion_scale) == 2
+    _until(lambda: worker.prefetched == 2)
+    assert worker.prefetch(PREFETCHED) == 0, "runs already kept are not prefetched again"
+    got = worker.simulate(PREFETCHED[::-1])
+    assert worker.batches == 0 and worker.prefetch_hits == 2
+    for r, paths in zip(PREFETCHED[::-1], got):
+        assert _same(paths, _lone(tiny_model, r))
+    assert worker.take_derived(PREFETCHED[1]) == 1.05 and worker.take_derived(PREFETCHED[1]) is None
+    assert worker.simulate(PREFETCHED[:1])[0] is not got[1], "a kept run is handed out once"
+    assert worker.prefetch_hits == 2
+
+
+def test_a_request_waiting_in_a_prefetch_not_started_runs_at_once(tiny_model):
+    worker = ModelWorker(tiny_model)
+    release = _hold(worker)
+    worker.prefetch(PREFETCHED, owner="a")
+    threads, out = _in_threads([lambda: worker.simulate(PREFETCHED[:1])[0]])
+    _until(lambda: len(worker._pending) == 2)  # the prefetch and the session's own request
+    release.set()
+    _join(threads)
+    assert _same(out[0], _lone(tiny_model, PREFETCHED[0]))
+    _until(lambda: worker.prefetched == 1)  # the prefetch went on with the other run only
+    assert list(worker._kept) == PREFETCHED[1:]
+
+
+def test_a_session_waits_for_the_prefetch_running_its_request(tiny_model):
+    worker = ModelWorker(tiny_model)
+    deriving, release = threading.Event(), threading.Event()
+
+    def derive(c, r, p):  # the prefetch is running (its runs simulated) while this waits
+        deriving.set()
+        release.wait(30)
+
+    worker.prefetch(PREFETCHED, derive=derive)
+    assert deriving.wait(60)
+    threads, out = _in_threads([lambda: worker.simulate(PREFETCHED[1:])[0]])
+    _until(lambda: worker._running is not None and worker._running.waiters == 1)
+    release.set()
+    _join(threads)
+    assert worker.batches == 0 and worker.prefetch_cancelled == 0
+    assert _same(out[0], _lone(tiny_model, PREFETCHED[1]))
+
+
+def test_a_running_prefetch_gives_way_to_other_work(tiny_model):
+    """Between two tokens a prefetch is dropped as soon as other work waits for the worker."""
+    worker = ModelWorker(tiny_model)
+    started, answered = threading.Event(), []
+    long = [SampleRequest("How can I sleep better?", paths=4, tokens=400, diffusion_scale=1.0)]
+    real_drop = worker._should_drop
+
+    def drop(job):  # the first token of the prefetch has been asked for: send the other work now
+        started.set()
+        return real_drop(job)
+
+    worker._should_drop = drop
+    worker.prefetch(long)
+    assert started.wait(60)
+    answered.append(worker.call(lambda c: "answered", INTERACTIVE))
+    _until(lambda: worker.prefetch_cancelled == 1)
+    assert answered == ["answered"] and worker.prefetched == 0 and not worker._kept
+
+
+def test_a_newer_prefetch_of_a_session_replaces_its_older_one(tiny_model):
+    third = SampleRequest("How can I sleep better?", paths=4, tokens=6, diffusion_scale=1.1, seed=3, record_states=True)
+    worker = ModelWorker(tiny_model)
+    release = _hold(worker)
+    worker.prefetch(PREFETCHED[:1], owner="a")
+    worker.prefetch([third], owner="b")  # another session's is left alone...
+    worker.prefetch(PREFETCHED[1:], owner="a")  # ...this session's older one is dropped
+    assert sorted(j.requests[0].diffusion_scale for j in worker._pending if j.priority == 2) == [1.05, 1.1]
+    assert worker.prefetch(PREFETCHED[1:], owner="c") == 0, "a run already on its way is not queued twice"
+    release.set()
+    _until(lambda: worker.prefetched == 2)
+    assert set(worker._kept) == {PREFETCHED[1], third}
+
+
+def test_kept_runs_stay_within_their_memory(tiny_model):
+    one = _lone(tiny_model, PREFETCHED[0])
+    size = sum(v.numel() * v.element_size() for v in vars(one).values() if isinstance(v, torch.Tensor))
+    worker = ModelWorker(tiny_model, kept_mb=1.5 * size / 2**20)  # room for one run, not two
+    worker.prefetch(PREFETCHED)
+    _until(lambda: worker.prefetched == 2)
+    assert list(worker._kept) == PREFETCHED[1:] and worker._kept_bytes == size
+
+
+def test_closing_drops_the_prefetches(tiny_model):
+    worker = ModelWorker(tiny_model)
+    release = _hold(worker)
+    worker.prefetch(PREFETCHED)
+    release.set()
+    worker.close()
+    assert worker.prefetch(PREFETCHED) == 0 and not any(j.priority == 2 for j in worker._pending)
+    assert worker.prefetched == 0 or worker.prefetched == 2  # a run under way may end; none starts
+
+
+def test_the_generate_page_s_neighbour_scales():
+    from dashboard.compute import neighbour_scales
+
+    assert neighbour_scales(1.0, 0.05) == [1.05, 0.95]
+    assert neighbour_scales(1.0, 0.05, reach=2, seen={0.95}) == [1.05, 1.1, 0.9]
+    assert neighbour_scales(0.0, 0.05, reach=2) == [0.05, 0.1]  # never below the slider's range
+    assert neighbour_scales(10.0, 0.05) == [9.95]
+    assert neighbour_scales(0.35000000000000003, 0.05) == [0.4, 0.3]  # on the slider's grid
+    assert neighbour_scales(1.0, 0.05, reach=0) == []

@@ -323,3 +323,20 @@ def test_the_inference_buffers_worked_in_place_hold_the_same_values(tiny_model):
     z1, r1 = model._features(x, h, 2.0), model.memory_rate(x, h)
     assert torch.equal(z0, z1) and torch.equal(r0, r1)
     assert torch.equal(x, keep[0]) and torch.equal(h, keep[1])
+
+
+def test_a_run_can_be_cancelled_between_tokens(tiny_model):
+    from sdecore.simulate import Cancelled, SampleRequest, simulate_requests
+
+    asked = []
+
+    def cancel():
+        asked.append(1)
+        return len(asked) > 3
+
+    with pytest.raises(Cancelled, match="before token 4"):
+        simulate_requests(tiny_model.model, tiny_model.embedder,
+                          [SampleRequest("How can I sleep better?", paths=3, tokens=8)], cancel=cancel)
+    done = simulate_requests(tiny_model.model, tiny_model.embedder,
+                             [SampleRequest("How can I sleep better?", paths=3, tokens=8)], cancel=lambda: False)
+    assert done[0].token_ids.shape == (3, 8)

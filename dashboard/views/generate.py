@@ -24,7 +24,8 @@ lo_k, hi_k = session.PAGE_LIMITS["substeps"]
 bind = session.URL_BOUND
 
 prompt = st.text_area("Prompt", value=session.DEFAULT_PROMPT, key="prompt", height=68, **bind)
-scale = st.slider("Diffusion magnitude s (0 = drift only)", lo_s, hi_s, 1.0, step=0.05, key="scale", **bind,
+SCALE_STEP = 0.05
+scale = st.slider("Diffusion magnitude s (0 = drift only)", lo_s, hi_s, 1.0, step=SCALE_STEP, key="scale", **bind,
                   help="Multiplies sigma: dx = mu dt + s sigma dW. Same seed, same Brownian path at every s.")
 c = st.columns([1, 1, 1.3, 1, 1.2, 1])
 paths = c[0].number_input(f"Paths ({lo_p}-{hi_p})", lo_p, hi_p, 8, key="paths", **bind)
@@ -71,16 +72,17 @@ st.subheader("Continuations")
 st.markdown(token_html.legend_html("shading: how sure the decoding was (emission probability of each token)",
                                    (31, 111, 139), 1.0), unsafe_allow_html=True)
 with st.container(key="continuations"):
+    # one element for all the lines: each element is a message to the browser and a render there
     base_spans = token_html.token_spans(base["token_strs"][0], base["probs"][0], 1.0, (31, 111, 139), "p")
-    st.markdown(f"**Drift only (s = 0):** {base_spans}", unsafe_allow_html=True)
+    lines = [f"**Drift only (s = 0):** {base_spans}"]
     for i, item in enumerate(res["texts"]):
         toks = res["token_strs"][i]
         flag = (f" &nbsp;⚠️ *diverged at step {int(res['diverged_at'][i]) + 1}*" if item["diverged"] else "")
         ok = res["token_ids"][i] >= 0
         sure = f"mean p {res['probs'][i][ok].mean():.2f}" if ok.any() else "no tokens"
         spans = token_html.token_spans(toks, res["probs"][i][: len(toks)], 1.0, (31, 111, 139), "p")
-        st.markdown(f"**{i + 1}.** {spans} <span style='color:#777;font-size:0.85em'>({sure})</span>{flag}",
-                    unsafe_allow_html=True)
+        lines.append(f"**{i + 1}.** {spans} <span style='color:#777;font-size:0.85em'>({sure})</span>{flag}")
+    st.markdown("\n\n".join(lines), unsafe_allow_html=True)
 
 
 def hover(i: int, r: dict, nearest: list[list[str]]) -> list[str]:
@@ -185,13 +187,32 @@ def path_views() -> None:
                "each step starts from the decoded token's embedding."
                + (" Press play to watch the paths unfold; drag the slider to stop at a token." if replay else ""))
 
-    rows = charts.paths_frame_rows(res, xy, "map", drift_mag, diff_mag)
-    summary = [path_metrics(i, item) for i, item in enumerate(res["texts"])]
     d1, d2, _ = st.columns([1, 1, 3])
-    d1.download_button("Paths (CSV)", shaping.csv_text(rows), "paths.csv", "text/csv", on_click="ignore")
-    d2.download_button("Metrics (CSV)", shaping.csv_text(summary), "path_metrics.csv", "text/csv", on_click="ignore")
+    # the files are built when their button is pressed, not on every rerun
+    d1.download_button("Paths (CSV)",
+                       lambda: shaping.csv_text(charts.paths_frame_rows(res, xy, "map", drift_mag, diff_mag)),
+                       "paths.csv", "text/csv", on_click="ignore")
+    d2.download_button("Metrics (CSV)",
+                       lambda: shaping.csv_text([path_metrics(i, item) for i, item in enumerate(res["texts"])]),
+                       "path_metrics.csv", "text/csv", on_click="ignore")
     st.caption(f"State dimension {dim}; times in tokens (dt = {res['dt']:g} per token); distances in standardised "
                "embedding units (each dimension divided by its spread over the vocabulary).")
 
 
 path_views()
+
+# The slider's next steps are simulated while this page is read, when the model's worker has
+# nothing else to do (docs/design.md §7): moving the slider by a step then finds its run ready.
+# Values this session has already seen are cached and left out.
+settings = (folder, stamp, prompt, int(paths), int(tokens), solver, int(substeps), int(seed), bool(snap))
+seen = st.session_state.get("_generate_seen")
+if seen is None or seen[0] != settings:
+    seen = st.session_state["_generate_seen"] = (settings, set())
+seen[1].add(round(float(scale), 10))
+try:
+    reach = compute.prefetch_reach()
+except ValueError as exc:
+    st.warning(f"The next slider steps are not prepared ahead: {exc}.")
+else:
+    compute.prefetch(*args, compute.neighbour_scales(float(scale), SCALE_STEP, reach, seen[1]), *rest,
+                     owner=session.owner(st.session_state))
