@@ -39,11 +39,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def best_time(fn, device: torch.device, repeat: int = 3, min_s: float = 0.2) -> float:
-    """Best wall time of ``fn`` over ``repeat`` rounds after a warm-up; a round repeats ``fn``
-    until it has run ``min_s`` (so sub-millisecond calls are timed over many)."""
-    fn()
-    _sync(device)
+def best_time(fn, device: torch.device, repeat: int = 3, min_s: float = 0.2, warmup: bool = True) -> float:
+    """Best wall time of ``fn`` over ``repeat`` rounds, after a warm-up call unless ``warmup`` is
+    False; a round repeats ``fn`` until it has run ``min_s`` (so sub-millisecond calls are timed
+    over many)."""
+    if warmup:
+        fn()
+        _sync(device)
     best = float("inf")
     for _ in range(repeat):
         n, t0 = 0, time.perf_counter()
@@ -130,10 +132,16 @@ def bench_sampling(ckpt, batches, steps: int, repeat: int, device: torch.device)
     rows = []
     per_step = flops_per_path_step(ckpt, "em")
     for method, solver in METHODS.items():
-        for b in batches:
+        for i, b in enumerate(batches):
             # each round repeats a short run until it has taken 0.3 s: a one-path run of 8 tokens
-            # (40 ms) timed once moves by 20% between rounds on a shared machine
-            s = best_time(lambda b=b, solver=solver: _simulate(ckpt, b, steps, solver), device, repeat, min_s=0.3)
+            # (40 ms) timed once moves by 20% between rounds on a shared machine. A method's first
+            # batch is warmed up (its first call's one-time work); a run of many paths is its own
+            # warm-up, and a second one would cost seconds more than it tells; so would a last
+            # round of torchsde's long runs, the reference rows.
+            big = b * steps >= 4096
+            rounds = repeat - 1 if big and method != "em" and repeat > 1 else repeat
+            s = best_time(lambda b=b, solver=solver: _simulate(ckpt, b, steps, solver), device, rounds, min_s=0.3,
+                          warmup=i == 0 or not big)
             rate = b * steps / s
             achieved = per_step * rate / 1e9
             best = max(gemm[str(b)], onednn[str(b)] or 0.0)

@@ -136,6 +136,46 @@ def fan_chart(t: np.ndarray, values: np.ndarray, drift_only: np.ndarray | None, 
     return figure(traces, layout)
 
 
+REF_GRID = (120, 70)  # the reference cloud's cells across and up: about 5 screen pixels square on a wide page
+REF_NAMED = 4  # tokens a cell's hover names (the most frequent first)
+REF_GREY = "#7f8c8d"
+
+
+def reference_cloud(ref_xy: np.ndarray, ref_tokens: list[str], grid: tuple[int, int] = REF_GRID) -> dict:
+    """The reference tokens as one heatmap trace: how many fall in each small cell of the map, the
+    hover naming them (frequency order, as ``ref_tokens`` comes). A browser draws it as one image;
+    1,500 markers, each styled on its own, were most of the time a 2-core laptop took to draw the
+    map (docs/design.md §7). Cached per set of points (every rerun draws the same cloud)."""
+    xy = np.ascontiguousarray(ref_xy, dtype=np.float64)
+    return dict(_reference_cloud(xy.tobytes(), xy.shape, tuple(ref_tokens), tuple(grid)))  # a figure's own copy
+
+
+@functools.lru_cache(maxsize=8)
+def _reference_cloud(raw: bytes, shape: tuple, tokens: tuple, grid: tuple) -> dict:
+    xy = np.frombuffer(raw, dtype=np.float64).reshape(shape)
+    nx, ny = grid
+    ok = np.isfinite(xy).all(-1) if len(xy) else np.zeros(0, bool)
+    lo = xy[ok].min(0) if ok.any() else np.zeros(2)
+    hi = xy[ok].max(0) if ok.any() else np.ones(2)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    cell = np.minimum(((xy[ok] - lo) / span * (nx, ny)).astype(int), (nx - 1, ny - 1))
+    names: dict[tuple[int, int], list[str]] = {}
+    for (i, j), tok in zip(cell, np.asarray(tokens, dtype=object)[ok]):
+        names.setdefault((j, i), []).append(tok)
+    count = np.full((ny, nx), np.nan)
+    text = [[""] * nx for _ in range(ny)]
+    for (j, i), toks in names.items():
+        count[j, i] = len(toks)
+        more = f" and {len(toks) - REF_NAMED} more" if len(toks) > REF_NAMED else ""
+        text[j][i] = ", ".join(toks[:REF_NAMED]) + more
+    top = max(2.0, float(np.nanmax(count))) if names else 2.0
+    return {"type": "heatmap", "x": lo[0] + (np.arange(nx) + 0.5) * span[0] / nx,
+            "y": lo[1] + (np.arange(ny) + 0.5) * span[1] / ny, "z": count, "text": text, "zmin": 1, "zmax": top,
+            "colorscale": [[0, rgba(REF_GREY, 0.35)], [1, rgba(REF_GREY, 0.85)]], "showscale": False,
+            "hoverongaps": False, "zsmooth": False, "name": "reference tokens", "showlegend": True,
+            "hovertemplate": "token %{text}<extra></extra>"}
+
+
 def map_chart(ref_xy: np.ndarray, ref_tokens: list[str], paths_xy: list[np.ndarray], hovers: list[list[str]],
               drift_xy: np.ndarray | None, drift_hover: list[str] | None, map_label: str, highlight: int | None = None,
               captions: list[str] | None = None, labels: list[int] | None = None) -> go.Figure:
@@ -147,9 +187,7 @@ def map_chart(ref_xy: np.ndarray, ref_tokens: list[str], paths_xy: list[np.ndarr
     colours it; ``highlight``: that index drawn bold and on top, the rest grey; with ``captions``
     (one text per step) the paths replay token by token (:func:`with_replay`).
     """
-    traces = [{"type": "scatter", "x": ref_xy[:, 0], "y": ref_xy[:, 1], "mode": "markers", "text": ref_tokens,
-               "marker": {"size": 4, "color": rgba("#7f8c8d", 0.35)}, "name": "reference tokens",
-               "hovertemplate": "token %{text}<extra></extra>"}]
+    traces = [reference_cloud(ref_xy, ref_tokens)]
     labels = list(range(len(paths_xy))) if labels is None else list(labels)
     order = [j for j, i in enumerate(labels) if i != highlight] + [j for j, i in enumerate(labels) if i == highlight]
     for j in order:

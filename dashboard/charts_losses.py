@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .charts import BOUND_COLOR, DIFFUSION_COLOR, DRIFT_COLOR, MUTED, PALETTE, rgba, style
+from .charts import BOUND_COLOR, DIFFUSION_COLOR, DRIFT_COLOR, MUTED, PALETTE, reference_cloud, rgba, style
 
 # (loss name, panel title, y-axis title with units)
 PANELS = (("total", "total loss", "drift + diffusion + w_ce * CE"),
@@ -80,10 +80,7 @@ def trajectory_map_chart(ref_xy: np.ndarray, ref_tokens: list[str], actual: np.n
     """A text's actual path on the map against the drift's one-step and free-running predictions.
 
     actual, one_step, free_run: (L, 2) map coordinates."""
-    fig = go.Figure()
-    fig.add_trace(go.Scatter(x=ref_xy[:, 0], y=ref_xy[:, 1], mode="markers", text=ref_tokens, name="reference tokens",
-                             marker={"size": 4, "color": rgba("#7f8c8d", 0.3)},
-                             hovertemplate="token %{text}<extra></extra>"))
+    fig = go.Figure(data=[reference_cloud(ref_xy, ref_tokens)])
     labels = [f"{k}: {t}" for k, t in enumerate(tokens)]
     # One-step predictions are separate guesses, one per prefix: markers only, not a path.
     for xy, name, color, dash, sym, mode in (

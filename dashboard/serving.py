@@ -21,6 +21,7 @@ import atexit
 import functools
 import itertools
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -75,6 +76,7 @@ class ModelWorker:
         self.batched_requests = 0
         self.prefetched = self.prefetch_hits = self.prefetch_cancelled = 0  # runs prefetched, asked for, dropped
         self._closing = False
+        self._busy = False  # a job is running on the worker's thread
         _WORKERS.add(self)
 
     def simulate(self, requests: list[SampleRequest], priority: int = INTERACTIVE) -> list:
@@ -161,6 +163,18 @@ class ModelWorker:
             _, old = self._kept.popitem(last=False)
             self._kept_bytes -= sum(_nbytes(v) for v in old.values())
 
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Wait until no work is running or waiting (prefetches included); False after ``timeout``
+        seconds. For measurements and tests: a page's rerun timed from an idle worker."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._pending or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.05))
+        return True
+
     def close(self, timeout: float = 2.0) -> None:
         """Drop the prefetches and wait up to ``timeout`` s for the work under way to end: at the
         process's exit, so that no run is left inside torch while the interpreter shuts down."""
@@ -213,6 +227,7 @@ class ModelWorker:
                 return None
             self._pending.sort()
             first = self._pending.pop(0)
+            self._busy = True
             if first.priority == PREFETCH:
                 self._running = first
                 return [first]
@@ -233,7 +248,12 @@ class ModelWorker:
         torch.set_num_threads(self.threads)
         try:
             while (jobs := self._take()) is not None:
-                self._do(jobs)
+                try:
+                    self._do(jobs)
+                finally:
+                    with self._cond:
+                        self._busy = False
+                        self._cond.notify_all()
         finally:
             with self._cond:  # however the loop ended, the next job starts a thread
                 if self._thread is threading.current_thread():

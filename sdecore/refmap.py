@@ -90,12 +90,20 @@ class UMAPMap:
                  steps: int = 1500):
         self.n_neighbors, self.min_dist, self.seed, self.hidden, self.steps = n_neighbors, min_dist, seed, hidden, steps
 
-    def fit(self, points: np.ndarray, ref_ids: np.ndarray | None = None, holdout: np.ndarray | None = None) -> UMAPMap:
+    def fit(self, points: np.ndarray, ref_ids: np.ndarray | None = None, holdout: np.ndarray | None = None,
+            reducer=None) -> UMAPMap:
+        """Fit UMAP to ``points`` (or take ``reducer``, a ``umap.UMAP`` already fitted to them with
+        this map's settings) and the regressor to its coordinates."""
         umap, trustworthiness = require_umap()
 
         points = np.asarray(points, dtype=np.float32)
-        reducer = umap.UMAP(n_neighbors=self.n_neighbors, min_dist=self.min_dist, random_state=self.seed)
-        self.embedding_ = reducer.fit_transform(points).astype(np.float32)
+        if reducer is None:
+            reducer = umap.UMAP(n_neighbors=self.n_neighbors, min_dist=self.min_dist, random_state=self.seed)
+            reducer.fit(points)
+        elif (reducer.n_neighbors, reducer.min_dist, len(reducer.embedding_)) != (self.n_neighbors, self.min_dist,
+                                                                                    len(points)):
+            raise ValueError("the reducer was fitted with other settings or to other points than this map's")
+        self.embedding_ = np.asarray(reducer.embedding_, dtype=np.float32)
         self.ref_ids_ = np.asarray(ref_ids if ref_ids is not None else [], dtype=np.int64)
         self.regressor_ = _fit_regressor(points, self.embedding_, self.hidden, self.steps, self.seed)
         self.quality_ = {"n_reference": int(len(points))}

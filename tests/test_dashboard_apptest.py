@@ -352,6 +352,23 @@ def test_generate_charts_are_the_figures_plotly_validates():
         assert fast["layout"]["title"]["text"] and fast["layout"]["xaxis"]["title"]["text"]
 
 
+def test_the_reference_cloud_counts_and_names_the_tokens_of_each_cell():
+    """The maps draw their reference tokens as one heatmap: each cell holds how many tokens fall in
+    it, its hover names them in the given (frequency) order, stopped points are left out."""
+    from dashboard import charts
+
+    xy = np.array([[0.0, 0.0], [0.01, 0.01], [0.02, 0.0], [0.0, 0.02], [0.03, 0.03], [1.0, 1.0], [np.nan, 0.5]])
+    toks = ["the", "a", "of", "to", "in", "zebra", "gone"]
+    cloud = charts.reference_cloud(xy, toks, grid=(4, 4))
+    z = np.asarray(cloud["z"], dtype=float)
+    assert np.nansum(z) == 6 and z[0, 0] == 5 and z[3, 3] == 1 and np.isnan(z[0, 3])
+    assert cloud["text"][0][0] == "the, a, of, to and 1 more" and cloud["text"][3][3] == "zebra"
+    assert cloud["x"][0] < 0.5 < cloud["x"][-1] and len(cloud["x"]) == 4 and len(cloud["y"]) == 4
+    again = charts.reference_cloud(xy, toks, grid=(4, 4))  # cached: the same content, a copy of its own
+    assert again == cloud and again is not cloud
+    assert np.nansum(np.asarray(charts.reference_cloud(np.zeros((0, 2)), [])["z"], dtype=float)) == 0
+
+
 def test_csv_text_reads_back_as_the_rows():
     from dashboard.shaping import csv_text
 

@@ -183,7 +183,8 @@ def path_views() -> None:
     figures.show(charts.map_chart(proj["ref_xy"], proj["ref_tokens"], [xy[i] for i in shown], hovers, base_xy,
                                   hover(0, base, base_near), proj["label"], highlight, captions, shown), key="map",
                  name="paths_map")
-    st.caption("Grey dots are frequent tokens; hover a path's point to see the token nearest to it. With snapping on, "
+    st.caption("Grey cells hold the most frequent tokens (darker: more of them; hover to name them); hover a path's "
+               "point to see the token nearest to it. With snapping on, "
                "each step starts from the decoded token's embedding."
                + (" Press play to watch the paths unfold; drag the slider to stop at a token." if replay else ""))
 
