@@ -47,7 +47,7 @@ class _Job:
     fn: Callable | None = field(compare=False, default=None)
     future: Future = field(compare=False, default_factory=Future)
     owner: Hashable | None = field(compare=False, default=None)  # a prefetch's session
-    derive: Callable | None = field(compare=False, default=None)  # a prefetch's derived value per run
+    derive: list | None = field(compare=False, default=None)  # a prefetch's derive function per request
     waiters: int = field(compare=False, default=0)  # sessions waiting for a running prefetch
 
     @property
@@ -74,7 +74,8 @@ class ModelWorker:
         self._kept_bytes, self.kept_limit = 0, int(kept_mb * 2**20)
         self.batches = 0  # how many simulation batches ran, and how many requests they held
         self.batched_requests = 0
-        self.prefetched = self.prefetch_hits = self.prefetch_cancelled = 0  # runs prefetched, asked for, dropped
+        # runs prefetched, asked for and dropped; batches the prefetched runs went in
+        self.prefetched = self.prefetch_hits = self.prefetch_cancelled = self.prefetch_batches = 0
         self._closing = False
         self._busy = False  # a job is running on the worker's thread
         _WORKERS.add(self)
@@ -99,7 +100,8 @@ class ModelWorker:
                 else:
                     for job in self._pending:  # a prefetch not started yet: this request runs it now
                         if job.priority == PREFETCH and r in job.requests:
-                            job.requests.remove(r)
+                            k = job.requests.index(r)
+                            del job.requests[k], job.derive[k]
                             if not job.requests:
                                 self._pending.remove(job)
                             break
@@ -136,7 +138,8 @@ class ModelWorker:
                 busy.update(job.requests or ())
             wanted = [r for r in dict.fromkeys(requests) if r not in busy and _batchable([r])]
         if wanted:
-            self._submit(_Job(PREFETCH, next(self._seq), requests=wanted, owner=owner, derive=derive))
+            self._submit(_Job(PREFETCH, next(self._seq), requests=wanted, owner=owner,
+                              derive=[derive] * len(wanted)))
         return len(wanted)
 
     def take_derived(self, request: SampleRequest):
@@ -228,9 +231,16 @@ class ModelWorker:
             self._pending.sort()
             first = self._pending.pop(0)
             self._busy = True
-            if first.priority == PREFETCH:
-                self._running = first
-                return [first]
+            if first.priority == PREFETCH:  # every prefetch waiting (a class's sessions) in one batch
+                jobs, rows = [first], first.rows
+                for job in list(self._pending):
+                    if job.priority == PREFETCH and rows + job.rows <= self.max_rows:
+                        jobs.append(job)
+                        rows += job.rows
+                        self._pending.remove(job)
+                self._running = _Job(PREFETCH, first.seq, requests=[r for j in jobs for r in j.requests],
+                                     derive=[d for j in jobs for d in j.derive])
+                return [self._running]
             if first.requests is None or not _batchable(first.requests):
                 return [first]
             taken, rows = [first], first.rows
@@ -288,16 +298,17 @@ class ModelWorker:
 
 
     def _prefetch(self, job: _Job) -> None:
-        """Run a prefetch on one intra-op thread: speculative work leaves the other cores to the
-        sessions' own page runs (and a browser on the same machine). The values are the same as
-        with every thread (the products split their output, not their sums; tested)."""
+        """Run the prefetches taken together as one lockstep batch (each run exactly as alone), on
+        one intra-op thread: speculative work leaves the other cores to the sessions' own page runs
+        (and a browser on the same machine). The values are the same as with every thread (the
+        products split their output, not their sums; tested)."""
         try:
             torch.set_num_threads(1)
             try:
                 results = simulate_requests(self.ckpt.model, self.ckpt.embedder, job.requests,
                                             cancel=lambda: self._should_drop(job))
-                derived = [job.derive(self.ckpt, r, p) if job.derive else None
-                           for r, p in zip(job.requests, results)]
+                derived = [derive(self.ckpt, r, p) if derive else None
+                           for derive, r, p in zip(job.derive, job.requests, results)]
             finally:
                 torch.set_num_threads(self.threads)
         except BaseException as exc:  # dropped, or a failure nobody asked to see: nothing is kept
@@ -311,6 +322,7 @@ class ModelWorker:
             for r, paths, extra in zip(job.requests, results, derived):
                 self._keep(r, {"paths": paths} if extra is None else {"paths": paths, "derived": extra})
             self.prefetched += len(results)
+            self.prefetch_batches += 1
             self._running = None
         job.future.set_result(results)
 

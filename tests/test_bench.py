@@ -63,7 +63,9 @@ def test_bench_quick_prints_every_row(tmp_path):
     dash = result["dashboard"]
     if shutil.which("/usr/bin/chromium"):
         assert {"rerun_ms_median", "rerun_ms", "cold_start_s", "peak_rss_mb"} <= set(dash)
-        assert dash["rerun_ms_median"] > 0 and dash["cold_start_s"] > 0 and len(dash["rerun_ms"]) == 7
+        assert dash["rerun_ms_median"] > 0 and dash["cold_start_s"] > 0 and len(dash["rerun_ms"]) == 5
+        assert dash["rerun_step_ms_median"] > 0 and len(dash["rerun_step_ms"]) == 5
+        assert dash["prefetch_hits"] == 5, "each single step of the slider finds its run prefetched"
     else:
         assert "skipped" in dash
 

@@ -320,6 +320,7 @@ def test_a_newer_prefetch_of_a_session_replaces_its_older_one(tiny_model):
     release.set()
     _until(lambda: worker.prefetched == 2)
     assert set(worker._kept) == {PREFETCHED[1], third}
+    assert worker.prefetch_batches == 1, "the sessions' prefetches waiting together run as one batch"
 
 
 def test_kept_runs_stay_within_their_memory(tiny_model):
