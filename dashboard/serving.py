@@ -10,9 +10,10 @@ time. The first request after an idle spell starts at once: batching never adds 
 
 When it has nothing else to do, the worker runs **prefetches**: runs a page expects to be asked
 for next (the Generate page's neighbouring slider values), kept until a session asks for them, so
-that a slider's step is answered without simulating. A prefetch is the lowest priority, is dropped
-between two tokens as soon as other work waits (unless a session is already waiting for its
-result), and a session's newer prefetch replaces its older one that has not started.
+that a slider's step is answered without simulating. A prefetch is the lowest priority and runs on
+one thread; it is dropped between two tokens as soon as other work waits, and goes on with every
+thread once a session waits for its result; a session's newer prefetch replaces its older one not
+yet run.
 """
 
 from __future__ import annotations
@@ -124,8 +125,9 @@ class ModelWorker:
                  derive: Callable[[sdecore.Checkpoint, SampleRequest, Paths], object] | None = None) -> int:
         """Simulate ``requests`` when the worker has nothing else to do and keep each result until
         :meth:`simulate` asks for it; with ``derive``, also ``derive(checkpoint, request, paths)``
-        right after, kept for :meth:`take_derived`. Requests already kept or on their way are left
-        out, and ``owner``'s earlier prefetch that has not started is dropped (its slider has moved
+        right after, kept for :meth:`take_derived`. ``requests`` come most wanted first: each batch
+        takes the first run left of every session's prefetch. Requests already kept or on their way
+        are left out, and ``owner``'s earlier prefetch not yet run is dropped (its slider has moved
         on). Returns how many runs were queued; nothing waits for them."""
         with self._cond:
             if self._closing:
@@ -189,14 +191,35 @@ class ModelWorker:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
-    def _should_drop(self, job: _Job) -> bool:
-        """A running prefetch gives way when other work waits and no session waits for it (or the
-        process is ending); from then on no session can start waiting for it."""
+    def _prefetch_batch(self, first: _Job) -> _Job:
+        """The prefetch to run now (the lock held, ``first`` taken off the queue): the first run
+        each waiting prefetch asks for, nearest the shown value first (a class's sessions together,
+        up to ``max_rows`` paths), as one job; the rest stay queued for the next batch."""
+        requests, derive, rows = [], [], 0
+        for job in [first] + [j for j in self._pending if j.priority == PREFETCH]:
+            if requests and rows + job.requests[0].paths > self.max_rows:
+                continue
+            rows += job.requests[0].paths
+            requests.append(job.requests.pop(0))
+            derive.append(job.derive.pop(0))
+            if job is first and job.requests:
+                self._pending.append(job)
+            elif job is not first and not job.requests:
+                self._pending.remove(job)
+        return _Job(PREFETCH, first.seq, requests=requests, derive=derive)
+
+    def _between_tokens(self, job: _Job) -> bool:
+        """Asked by the running prefetch before each token: True drops it, when other work waits
+        or the process is ending (a session waiting for it then runs its request itself); once a
+        session waits for its result it goes on with every thread."""
         with self._cond:
-            drop = self._closing or (job.waiters == 0 and any(j.priority < PREFETCH for j in self._pending))
-            if drop:
-                self._running = None
-            return drop
+            if self._closing or any(j.priority < PREFETCH for j in self._pending):
+                self._running = None  # from now on no session can start waiting for it
+                return True
+            wanted = job.waiters > 0
+        if wanted and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        return False
 
     def call(self, fn: Callable[[sdecore.Checkpoint], object], priority: int = BACKGROUND):
         """``fn(checkpoint)`` on the worker, alone, after the interactive requests waiting (at once
@@ -231,15 +254,8 @@ class ModelWorker:
             self._pending.sort()
             first = self._pending.pop(0)
             self._busy = True
-            if first.priority == PREFETCH:  # every prefetch waiting (a class's sessions) in one batch
-                jobs, rows = [first], first.rows
-                for job in list(self._pending):
-                    if job.priority == PREFETCH and rows + job.rows <= self.max_rows:
-                        jobs.append(job)
-                        rows += job.rows
-                        self._pending.remove(job)
-                self._running = _Job(PREFETCH, first.seq, requests=[r for j in jobs for r in j.requests],
-                                     derive=[d for j in jobs for d in j.derive])
+            if first.priority == PREFETCH:
+                self._running = self._prefetch_batch(first)
                 return [self._running]
             if first.requests is None or not _batchable(first.requests):
                 return [first]
@@ -306,7 +322,7 @@ class ModelWorker:
             torch.set_num_threads(1)
             try:
                 results = simulate_requests(self.ckpt.model, self.ckpt.embedder, job.requests,
-                                            cancel=lambda: self._should_drop(job))
+                                            cancel=lambda: self._between_tokens(job))
                 derived = [derive(self.ckpt, r, p) if derive else None
                            for derive, r, p in zip(job.derive, job.requests, results)]
             finally:

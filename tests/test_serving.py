@@ -279,14 +279,49 @@ def test_a_session_waits_for_the_prefetch_running_its_request(tiny_model):
         deriving.set()
         release.wait(30)
 
-    worker.prefetch(PREFETCHED, derive=derive)
+    worker.prefetch(PREFETCHED, derive=derive)  # the first batch runs the first of them
     assert deriving.wait(60)
-    threads, out = _in_threads([lambda: worker.simulate(PREFETCHED[1:])[0]])
+    threads, out = _in_threads([lambda: worker.simulate(PREFETCHED[:1])[0]])
     _until(lambda: worker._running is not None and worker._running.waiters == 1)
     release.set()
     _join(threads)
     assert worker.batches == 0 and worker.prefetch_cancelled == 0
-    assert _same(out[0], _lone(tiny_model, PREFETCHED[1]))
+    assert _same(out[0], _lone(tiny_model, PREFETCHED[0]))
+
+
+def test_a_prefetch_a_session_waits_for_goes_on_with_every_thread(tiny_model):
+    n = torch.get_num_threads()
+    if n < 2:
+        pytest.skip("one intra-op thread here")
+    worker = ModelWorker(tiny_model)
+    job = worker._prefetch_batch(_prefetch_job(PREFETCHED))
+    torch.set_num_threads(1)  # as a prefetch runs
+    try:
+        assert worker._between_tokens(job) is False and torch.get_num_threads() == 1
+        job.waiters = 1
+        assert worker._between_tokens(job) is False and torch.get_num_threads() == n
+    finally:
+        torch.set_num_threads(n)
+
+
+def _prefetch_job(requests, owner=None):
+    from dashboard.serving import PREFETCH, _Job
+
+    return _Job(PREFETCH, 0, requests=list(requests), owner=owner, derive=[None] * len(requests))
+
+
+def test_each_prefetch_batch_takes_the_nearest_run_of_every_session(tiny_model):
+    up = [SampleRequest("How can I sleep better?", paths=4, tokens=6, diffusion_scale=s, seed=i, record_states=True)
+          for i, s in ((1, 1.05), (2, 2.05))]
+    down = [SampleRequest("How can I sleep better?", paths=4, tokens=6, diffusion_scale=s, seed=i, record_states=True)
+            for i, s in ((1, 0.95), (2, 1.95))]
+    worker = ModelWorker(tiny_model)
+    release = _hold(worker)
+    worker.prefetch([up[0], down[0]], owner="a")
+    worker.prefetch([up[1], down[1]], owner="b")
+    release.set()
+    _until(lambda: worker.prefetched == 4)
+    assert worker.prefetch_batches == 2 and list(worker._kept) == [up[0], up[1], down[0], down[1]]
 
 
 def test_a_running_prefetch_gives_way_to_other_work(tiny_model):
@@ -294,13 +329,13 @@ def test_a_running_prefetch_gives_way_to_other_work(tiny_model):
     worker = ModelWorker(tiny_model)
     started, answered = threading.Event(), []
     long = [SampleRequest("How can I sleep better?", paths=4, tokens=400, diffusion_scale=1.0)]
-    real_drop = worker._should_drop
+    real_check = worker._between_tokens
 
-    def drop(job):  # the first token of the prefetch has been asked for: send the other work now
+    def check(job):  # the first token of the prefetch has been asked for: send the other work now
         started.set()
-        return real_drop(job)
+        return real_check(job)
 
-    worker._should_drop = drop
+    worker._between_tokens = check
     worker.prefetch(long)
     assert started.wait(60)
     answered.append(worker.call(lambda c: "answered", INTERACTIVE))
