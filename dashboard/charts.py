@@ -169,8 +169,10 @@ def _reference_cloud(raw: bytes, shape: tuple, tokens: tuple, grid: tuple) -> di
         more = f" and {len(toks) - REF_NAMED} more" if len(toks) > REF_NAMED else ""
         text[j][i] = ", ".join(toks[:REF_NAMED]) + more
     top = max(2.0, float(np.nanmax(count))) if names else 2.0
-    return {"type": "heatmap", "x": lo[0] + (np.arange(nx) + 0.5) * span[0] / nx,
-            "y": lo[1] + (np.arange(ny) + 0.5) * span[1] / ny, "z": count, "text": text, "zmin": 1, "zmax": top,
+    x, y = lo[0] + (np.arange(nx) + 0.5) * span[0] / nx, lo[1] + (np.arange(ny) + 0.5) * span[1] / ny
+    for a in (x, y, count):
+        a.setflags(write=False)  # shared by every figure drawn from the cache
+    return {"type": "heatmap", "x": x, "y": y, "z": count, "text": tuple(map(tuple, text)), "zmin": 1, "zmax": top,
             "colorscale": [[0, rgba(REF_GREY, 0.35)], [1, rgba(REF_GREY, 0.85)]], "showscale": False,
             "hoverongaps": False, "zsmooth": False, "name": "reference tokens", "showlegend": True,
             "hovertemplate": "token %{text}<extra></extra>"}

@@ -20,11 +20,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 import sdecore
 from sdecore.evaluate import write_report
 from sdecore.runtime import resolve_device
 
+from .serving import THREADS
 from .session import env_number
 
 MODEL_SIZES = {"small (fast)": 64, "medium": 128, "large (slow on a CPU)": 256}
@@ -214,6 +216,8 @@ def train_frame(frame: pd.DataFrame, name: str, epochs: int, hidden: int, batch_
 
 def _train(frame: pd.DataFrame, stem: str, out: Path, epochs: int, hidden: int, batch_size: int,
            on_epoch: Callable[[dict], None] | None, report: bool) -> dict:
+    # this session's thread may have started while a prefetch had lowered torch's count (serving.THREADS)
+    torch.set_num_threads(THREADS)
     model_cfg = sdecore.ModelConfig(drift_hidden=hidden, diffusion_hidden=max(16, hidden // 2), readout_hidden=hidden)
     train_cfg = sdecore.TrainConfig(epochs=epochs, batch_size=batch_size, map="pca")
     device = str(resolve_device("auto"))

@@ -11,9 +11,10 @@ time. The first request after an idle spell starts at once: batching never adds 
 When it has nothing else to do, the worker runs **prefetches**: runs a page expects to be asked
 for next (the Generate page's neighbouring slider values), kept until a session asks for them, so
 that a slider's step is answered without simulating. A prefetch is the lowest priority and runs on
-one thread; it is dropped between two tokens as soon as other work waits, and goes on with every
-thread once a session waits for its result; a session's newer prefetch replaces its older one not
-yet run.
+one thread, a few sessions' runs at a time; it gives way between two tokens as soon as other work
+waits (its runs go back in the queue, and those a session waits for run with that work), and goes
+on with every thread once a session waits for its result; a session's newer prefetch replaces its
+older one not yet run.
 """
 
 from __future__ import annotations
@@ -37,7 +38,15 @@ from sdecore.simulate import Cancelled, Paths, SampleRequest, simulate_requests
 
 INTERACTIVE, BACKGROUND, PREFETCH = 0, 1, 2
 MAX_BATCH_ROWS = 512  # paths in one batch: the decode's logits stay at two 31 MB blocks
-KEPT_MB = 64  # prefetched results waiting to be asked for, at most (oldest dropped first)
+# Paths in one prefetch batch: what a press waits for when it arrives mid-batch is one token of it
+# (the prefetch gives way only between tokens), and the nets' pass over its recorded states after it
+PREFETCH_ROWS = 64
+KEPT_MB = 128  # prefetched results waiting to be asked for, at most (oldest dropped first)
+REMEMBERED = 256  # requests answered lately, which the pages' own caches hold: not prefetched again
+# The intra-op threads the workers run with: the count at start-up. A prefetch lowers its own
+# thread's count for seconds, and torch gives a thread started meanwhile the lowered count, so a
+# worker made then must not take its count from torch.
+THREADS = torch.get_num_threads()
 
 
 @dataclass(order=True)
@@ -47,9 +56,12 @@ class _Job:
     requests: list[SampleRequest] | None = field(compare=False, default=None)
     fn: Callable | None = field(compare=False, default=None)
     future: Future = field(compare=False, default_factory=Future)
-    owner: Hashable | None = field(compare=False, default=None)  # a prefetch's session
-    derive: list | None = field(compare=False, default=None)  # a prefetch's derive function per request
-    waiters: int = field(compare=False, default=0)  # sessions waiting for a running prefetch
+    owner: Hashable | None = field(compare=False, default=None)  # a queued prefetch's session
+    # a prefetch's, per request: its derive function, and its (session, that session's prefetch count)
+    derive: list | None = field(compare=False, default=None)
+    origin: list | None = field(compare=False, default=None)
+    waited: list = field(compare=False, default_factory=list)  # requests sessions wait for (a running prefetch)
+    replacement: _Job | None = field(compare=False, default=None)  # who runs them when it gives way
 
     @property
     def rows(self) -> int:
@@ -62,10 +74,10 @@ class ModelWorker:
     go of is not kept alive by its worker; the next job starts a new thread."""
 
     def __init__(self, ckpt: sdecore.Checkpoint, max_rows: int = MAX_BATCH_ROWS, idle_s: float = 60.0,
-                 kept_mb: float = KEPT_MB):
-        self.ckpt, self.max_rows, self.idle_s = ckpt, max_rows, idle_s
-        self.threads = torch.get_num_threads()  # the intra-op threads its thread runs with
-        self._cond = threading.Condition()
+                 kept_mb: float = KEPT_MB, prefetch_rows: int = PREFETCH_ROWS):
+        self.ckpt, self.max_rows, self.idle_s, self.prefetch_rows = ckpt, max_rows, idle_s, prefetch_rows
+        self.threads = THREADS  # the intra-op threads its thread runs with
+        self._cond = threading.Condition()  # its lock is reentrant: a method holding it may submit
         self._pending: list[_Job] = []
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
@@ -73,9 +85,11 @@ class ModelWorker:
         # prefetched results not yet asked for: request -> {"paths": Paths, "derived": value}
         self._kept: OrderedDict[SampleRequest, dict] = OrderedDict()
         self._kept_bytes, self.kept_limit = 0, int(kept_mb * 2**20)
+        self._served: OrderedDict[SampleRequest, None] = OrderedDict()  # answered lately
+        self._generation: dict[Hashable, int] = {}  # each session's prefetch calls so far
         self.batches = 0  # how many simulation batches ran, and how many requests they held
         self.batched_requests = 0
-        # runs prefetched, asked for and dropped; batches the prefetched runs went in
+        # runs prefetched, asked for and given up; batches the prefetched runs went in
         self.prefetched = self.prefetch_hits = self.prefetch_cancelled = self.prefetch_batches = 0
         self._closing = False
         self._busy = False  # a job is running on the worker's thread
@@ -83,7 +97,7 @@ class ModelWorker:
 
     def simulate(self, requests: list[SampleRequest], priority: int = INTERACTIVE) -> list:
         """``Paths`` for each request, as :func:`sdecore.simulate_paths` gives it alone: a prefetched
-        result at once, a prefetch that is running when it ends, the others simulated."""
+        result at once, one a running prefetch is making when it ends, the others simulated."""
         requests = list(requests)
         if self._on_worker():
             return simulate_requests(self.ckpt.model, self.ckpt.embedder, requests)
@@ -96,77 +110,66 @@ class ModelWorker:
                     out[i] = kept
                     self.prefetch_hits += 1
                 elif self._running is not None and r in self._running.requests:
-                    self._running.waiters += 1  # its result is on its way: the run is no longer dropped
+                    self._running.waited.append(r)  # from now on it uses every thread
                     waits.append((i, self._running))
                 else:
-                    for job in self._pending:  # a prefetch not started yet: this request runs it now
-                        if job.priority == PREFETCH and r in job.requests:
-                            k = job.requests.index(r)
-                            del job.requests[k], job.derive[k]
-                            if not job.requests:
-                                self._pending.remove(job)
-                            break
+                    self._unqueue_prefetch(r)  # a prefetch not run yet: this request runs it now
                     todo.append(i)
         if todo:
             got = self._submit(_Job(priority, next(self._seq), requests=[requests[i] for i in todo])).result()
             for i, paths in zip(todo, got):
                 out[i] = paths
         for i, job in waits:
-            try:
-                out[i] = job.future.result()[job.requests.index(requests[i])]
-                with self._cond:
-                    self._take_kept(requests[i], "paths")
-                self.prefetch_hits += 1
-            except Cancelled:  # dropped before this session's wait was seen: run it after all
-                out[i] = self.simulate([requests[i]], priority)[0]
+            out[i] = self._wait_for(job, requests[i], priority)
+        with self._cond:
+            for r in requests:
+                self._remember(r)
         return out
+
+    def _wait_for(self, job: _Job, request: SampleRequest, priority: int) -> Paths:
+        """``request``'s result from the running prefetch ``job``, or from the interactive run that
+        took it over when the prefetch gave way."""
+        try:
+            paths = job.future.result()[job.requests.index(request)]
+        except Cancelled:
+            if job.replacement is None:  # the process is ending: run it as any request
+                return self.simulate([request], priority)[0]
+            return job.replacement.future.result()[job.replacement.requests.index(request)]
+        except Exception:  # noqa: BLE001 - the batch failed (another run's error): its own run says why
+            return self.simulate([request], priority)[0]
+        with self._cond:
+            self._take_kept(request, "paths")
+            self.prefetch_hits += 1
+        return paths
 
     def prefetch(self, requests: list[SampleRequest], owner: Hashable | None = None,
                  derive: Callable[[sdecore.Checkpoint, SampleRequest, Paths], object] | None = None) -> int:
         """Simulate ``requests`` when the worker has nothing else to do and keep each result until
         :meth:`simulate` asks for it; with ``derive``, also ``derive(checkpoint, request, paths)``
         right after, kept for :meth:`take_derived`. ``requests`` come most wanted first: each batch
-        takes the first run left of every session's prefetch. Requests already kept or on their way
-        are left out, and ``owner``'s earlier prefetch not yet run is dropped (its slider has moved
-        on). Returns how many runs were queued; nothing waits for them."""
+        takes the first run left of every session's prefetch. Requests already kept, on their way
+        or answered lately are left out, and ``owner``'s earlier prefetch not yet run is dropped
+        (its slider has moved on). Returns how many runs were queued; nothing waits for them."""
         with self._cond:
             if self._closing:
                 return 0
+            generation = None
             if owner is not None:
-                for job in [j for j in self._pending if j.priority == PREFETCH and j.owner == owner]:
-                    self._pending.remove(job)
-            busy = set(self._kept)
+                generation = self._generation[owner] = self._generation.get(owner, 0) + 1
+                self._pending = [j for j in self._pending if not (j.priority == PREFETCH and j.owner == owner)]
+            busy = set(self._kept) | set(self._served)
             for job in self._pending + ([self._running] if self._running else []):
                 busy.update(job.requests or ())
             wanted = [r for r in dict.fromkeys(requests) if r not in busy and _batchable([r])]
-        if wanted:
-            self._submit(_Job(PREFETCH, next(self._seq), requests=wanted, owner=owner,
-                              derive=[derive] * len(wanted)))
+            if wanted:  # queued under the lock: two sessions cannot both queue the same run
+                self._submit(_Job(PREFETCH, next(self._seq), requests=wanted, owner=owner,
+                                  derive=[derive] * len(wanted), origin=[(owner, generation)] * len(wanted)))
         return len(wanted)
 
     def take_derived(self, request: SampleRequest):
         """The value a prefetch's ``derive`` made for ``request``, once (None if there is none)."""
         with self._cond:
             return self._take_kept(request, "derived")
-
-    def _take_kept(self, request: SampleRequest, part: str):
-        """Pop one part of a kept result (the lock held)."""
-        entry = self._kept.get(request)
-        if entry is None or part not in entry:
-            return None
-        value = entry.pop(part)
-        self._kept_bytes -= _nbytes(value)
-        if not entry:
-            del self._kept[request]
-        return value
-
-    def _keep(self, request: SampleRequest, entry: dict) -> None:
-        """Keep a prefetched result (the lock held), dropping the oldest beyond the limit."""
-        self._kept[request] = entry
-        self._kept_bytes += sum(_nbytes(v) for v in entry.values())
-        while self._kept_bytes > self.kept_limit and self._kept:
-            _, old = self._kept.popitem(last=False)
-            self._kept_bytes -= sum(_nbytes(v) for v in old.values())
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
         """Wait until no work is running or waiting (prefetches included); False after ``timeout``
@@ -191,36 +194,6 @@ class ModelWorker:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
-    def _prefetch_batch(self, first: _Job) -> _Job:
-        """The prefetch to run now (the lock held, ``first`` taken off the queue): the first run
-        each waiting prefetch asks for, nearest the shown value first (a class's sessions together,
-        up to ``max_rows`` paths), as one job; the rest stay queued for the next batch."""
-        requests, derive, rows = [], [], 0
-        for job in [first] + [j for j in self._pending if j.priority == PREFETCH]:
-            if requests and rows + job.requests[0].paths > self.max_rows:
-                continue
-            rows += job.requests[0].paths
-            requests.append(job.requests.pop(0))
-            derive.append(job.derive.pop(0))
-            if job is first and job.requests:
-                self._pending.append(job)
-            elif job is not first and not job.requests:
-                self._pending.remove(job)
-        return _Job(PREFETCH, first.seq, requests=requests, derive=derive)
-
-    def _between_tokens(self, job: _Job) -> bool:
-        """Asked by the running prefetch before each token: True drops it, when other work waits
-        or the process is ending (a session waiting for it then runs its request itself); once a
-        session waits for its result it goes on with every thread."""
-        with self._cond:
-            if self._closing or any(j.priority < PREFETCH for j in self._pending):
-                self._running = None  # from now on no session can start waiting for it
-                return True
-            wanted = job.waiters > 0
-        if wanted and torch.get_num_threads() != self.threads:
-            torch.set_num_threads(self.threads)
-        return False
-
     def call(self, fn: Callable[[sdecore.Checkpoint], object], priority: int = BACKGROUND):
         """``fn(checkpoint)`` on the worker, alone, after the interactive requests waiting (at once
         when called from the worker itself, which would otherwise wait for itself)."""
@@ -228,6 +201,48 @@ class ModelWorker:
             return fn(self.ckpt)
         return self._submit(_Job(priority, next(self._seq), fn=fn)).result()
 
+    # ------------------------------------------------------------------ kept results (the lock held)
+    def _take_kept(self, request: SampleRequest, part: str):
+        """Pop one part of a kept result."""
+        entry = self._kept.get(request)
+        if entry is None or part not in entry:
+            return None
+        value = entry.pop(part)
+        self._kept_bytes -= _nbytes(value)
+        if not entry:
+            del self._kept[request]
+        return value
+
+    def _keep(self, request: SampleRequest, entry: dict) -> None:
+        """Keep a prefetched result (in place of one kept for the same request), dropping the
+        oldest beyond the limit."""
+        old = self._kept.pop(request, None)
+        if old is not None:
+            self._kept_bytes -= sum(_nbytes(v) for v in old.values())
+        self._kept[request] = entry
+        self._kept_bytes += sum(_nbytes(v) for v in entry.values())
+        while self._kept_bytes > self.kept_limit and self._kept:
+            _, old = self._kept.popitem(last=False)
+            self._kept_bytes -= sum(_nbytes(v) for v in old.values())
+
+    def _remember(self, request: SampleRequest) -> None:
+        """A request just answered: the page's own cache holds it, so it is not prefetched."""
+        self._served[request] = None
+        self._served.move_to_end(request)
+        while len(self._served) > REMEMBERED:
+            self._served.popitem(last=False)
+
+    def _unqueue_prefetch(self, request: SampleRequest) -> None:
+        """Take ``request`` out of the prefetch queued for it, if any."""
+        for job in self._pending:
+            if job.priority == PREFETCH and request in job.requests:
+                k = job.requests.index(request)
+                del job.requests[k], job.derive[k], job.origin[k]
+                if not job.requests:
+                    self._pending.remove(job)
+                return
+
+    # ------------------------------------------------------------------ the worker's thread
     def _on_worker(self) -> bool:
         return threading.current_thread() is self._thread
 
@@ -267,6 +282,62 @@ class ModelWorker:
                     rows += job.rows
                     self._pending.remove(job)
             return taken
+
+    def _prefetch_batch(self, first: _Job) -> _Job:
+        """The prefetch to run now (the lock held, ``first`` taken off the queue): the first run
+        each queued prefetch asks for, nearest the shown value first (a class's sessions together,
+        up to ``prefetch_rows`` paths), as one job; the rest stay queued for the next batch."""
+        requests, derive, origin, rows = [], [], [], 0
+        for job in [first] + [j for j in self._pending if j.priority == PREFETCH]:
+            if requests and rows + job.requests[0].paths > self.prefetch_rows:
+                continue
+            rows += job.requests[0].paths
+            requests.append(job.requests.pop(0))
+            derive.append(job.derive.pop(0))
+            origin.append(job.origin.pop(0))
+            if job is first and job.requests:
+                self._pending.append(job)
+            elif job is not first and not job.requests:
+                self._pending.remove(job)
+        return _Job(PREFETCH, first.seq, requests=requests, derive=derive, origin=origin)
+
+    def _other_work(self) -> bool:
+        with self._cond:
+            return self._closing or any(j.priority < PREFETCH for j in self._pending)
+
+    def _between_tokens(self, job: _Job) -> bool:
+        """Asked by the running prefetch before each token. True when other work waits or the
+        process is ending: the prefetch gives way. Its runs go back in the queue (those whose
+        session has not moved on since), and the runs sessions wait for join the waiting work
+        as one interactive job, which the waiting sessions then read. Once a session waits for
+        its result, a prefetch goes on with every thread."""
+        with self._cond:
+            if self._closing or any(j.priority < PREFETCH for j in self._pending):
+                self._running = None  # from now on no session can start waiting for it
+                if not self._closing:
+                    self._requeue(job)
+                return True
+            wanted = bool(job.waited)
+        if wanted and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        return False
+
+    def _requeue(self, job: _Job) -> None:
+        """A prefetch that gives way (the lock held): its waited runs become an interactive job,
+        the others go back to the front of their session's queued prefetch."""
+        if job.waited:
+            job.replacement = _Job(INTERACTIVE, next(self._seq), requests=list(dict.fromkeys(job.waited)))
+            self._pending.append(job.replacement)
+        for r, derive, (owner, generation) in zip(job.requests, job.derive, job.origin):
+            if r in job.waited or owner is None or self._generation.get(owner) != generation:
+                continue
+            queued = next((j for j in self._pending if j.priority == PREFETCH and j.owner == owner), None)
+            if queued is None:
+                queued = _Job(PREFETCH, next(self._seq), requests=[], owner=owner, derive=[], origin=[])
+                self._pending.append(queued)
+            queued.requests.insert(0, r)
+            queued.derive.insert(0, derive)
+            queued.origin.insert(0, (owner, generation))
 
     def _loop(self) -> None:
         # torch gives a new thread the process-wide count, which the sampler lowers to one for a
@@ -312,22 +383,29 @@ class ModelWorker:
         for job in jobs:
             _run(job, lambda job=job: simulate_requests(self.ckpt.model, self.ckpt.embedder, job.requests))
 
-
     def _prefetch(self, job: _Job) -> None:
-        """Run the prefetches taken together as one lockstep batch (each run exactly as alone), on
-        one intra-op thread: speculative work leaves the other cores to the sessions' own page runs
-        (and a browser on the same machine). The values are the same as with every thread (the
-        products split their output, not their sums; tested)."""
+        """Run a prefetch batch in lockstep (each run exactly as alone) on one intra-op thread:
+        speculative work leaves the other cores to the sessions' own page runs (and a browser on
+        the same machine). The values are the same as with every thread (the products split their
+        output, not their sums; tested). Its derived values come after, run by run, until other
+        work waits; a run whose ``derive`` fails is kept without it."""
         try:
             torch.set_num_threads(1)
             try:
                 results = simulate_requests(self.ckpt.model, self.ckpt.embedder, job.requests,
                                             cancel=lambda: self._between_tokens(job))
-                derived = [derive(self.ckpt, r, p) if derive else None
-                           for derive, r, p in zip(job.derive, job.requests, results)]
+                derived = []
+                for derive, r, paths in zip(job.derive, job.requests, results):
+                    if derive is None or self._other_work():
+                        derived.append(None)
+                        continue
+                    try:
+                        derived.append(derive(self.ckpt, r, paths))
+                    except Exception:  # noqa: BLE001 - an extra, computed again when asked for
+                        derived.append(None)
             finally:
                 torch.set_num_threads(self.threads)
-        except BaseException as exc:  # dropped, or a failure nobody asked to see: nothing is kept
+        except BaseException as exc:  # given way, or failed: nothing is kept, a waiting session is told
             with self._cond:
                 if self._running is job:
                     self._running = None

@@ -100,9 +100,11 @@ class UMAPMap:
         if reducer is None:
             reducer = umap.UMAP(n_neighbors=self.n_neighbors, min_dist=self.min_dist, random_state=self.seed)
             reducer.fit(points)
-        elif (reducer.n_neighbors, reducer.min_dist, len(reducer.embedding_)) != (self.n_neighbors, self.min_dist,
-                                                                                    len(points)):
-            raise ValueError("the reducer was fitted with other settings or to other points than this map's")
+        else:
+            settings = (reducer.n_neighbors, reducer.min_dist, reducer.random_state, reducer.n_components)
+            if settings != (self.n_neighbors, self.min_dist, self.seed, 2) or len(reducer.embedding_) != len(points):
+                raise ValueError("the reducer was fitted with other settings than this map's, "
+                                 "or to another number of points")
         self.embedding_ = np.asarray(reducer.embedding_, dtype=np.float32)
         self.ref_ids_ = np.asarray(ref_ids if ref_ids is not None else [], dtype=np.int64)
         self.regressor_ = _fit_regressor(points, self.embedding_, self.hidden, self.steps, self.seed)

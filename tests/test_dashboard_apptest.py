@@ -101,13 +101,9 @@ def _worker(folder):
     return session.model(str(folder), session.folder_stamp(Path(folder)))[1]
 
 
-def _wait_for(condition, timeout: float = 60.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.02)
+def _kept_scales(worker, prompt: str) -> set[float]:
+    with worker._cond:  # the worker's thread writes it
+        return {r.diffusion_scale for r in worker._kept if r.prompt == prompt}
 
 
 def test_generate_prefetches_the_slider_s_next_steps(model_env):
@@ -115,10 +111,12 @@ def test_generate_prefetches_the_slider_s_next_steps(model_env):
     then finds its run ready, with the text a run at that value gives."""
     import sdecore
 
-    at = start()
+    prompt = "What makes tides rise and fall?"  # a view no other test has cached
+    at = start(query={"prompt": prompt})
     worker = _worker(model_env)
+    assert worker.wait_idle()
+    assert _kept_scales(worker, prompt) >= {0.95, 1.05}
     hits = worker.prefetch_hits
-    _wait_for(lambda: {r.diffusion_scale for r in worker._kept} >= {0.95, 1.05})
     at.slider(key="scale").set_value(1.05).run()
     assert_clean(at)
     assert worker.prefetch_hits == hits + 1
@@ -132,15 +130,24 @@ def test_generate_prefetches_the_slider_s_next_steps(model_env):
     for w, line in zip(want, got):  # each line's spans hold exactly that run's tokens
         spans = [token_html.escape_text(t[2:] if t.startswith("##") else t) for t in w["tokens"]]
         assert re.findall(r">([^<]*)</span>", line)[:len(spans)] == spans
-    _wait_for(lambda: 1.1 in {r.diffusion_scale for r in worker._kept})  # the next one up; 1.0 is cached
+    assert worker.wait_idle()
+    kept = _kept_scales(worker, prompt)
+    assert 1.1 in kept and 1.0 not in kept  # the next one up; 1.0 is the page's own, cached
 
 
 def test_generate_prefetch_follows_its_setting(model_env, monkeypatch):
     monkeypatch.setenv("SDECORE_PREFETCH", "0")
-    at = start()
+    prompt = "Why do cats purr?"
+    at = start(query={"prompt": prompt})
+    worker = _worker(model_env)
+    assert worker.wait_idle()
+    done = worker.prefetched
     at.slider(key="scale").set_value(2.0).run()
     assert_clean(at)
-    assert not any(r.diffusion_scale in (1.95, 2.05) for r in _worker(model_env)._kept)
+    assert worker.wait_idle() and worker.prefetched == done and not _kept_scales(worker, prompt) & {1.95, 2.05}
+    monkeypatch.setenv("SDECORE_PREFETCH", "2")
+    at.slider(key="scale").set_value(3.0).run()
+    assert worker.wait_idle() and _kept_scales(worker, prompt) >= {2.9, 2.95, 3.05, 3.1}
     monkeypatch.setenv("SDECORE_PREFETCH", "many")
     at.slider(key="scale").set_value(2.5).run()
     assert_clean(at)

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from dashboard.serving import BACKGROUND, INTERACTIVE, ModelWorker
+from dashboard.serving import BACKGROUND, INTERACTIVE, ModelWorker, _nbytes
 from sdecore import simulate_paths
 from sdecore.simulate import SampleRequest
 
@@ -282,7 +282,7 @@ def test_a_session_waits_for_the_prefetch_running_its_request(tiny_model):
     worker.prefetch(PREFETCHED, derive=derive)  # the first batch runs the first of them
     assert deriving.wait(60)
     threads, out = _in_threads([lambda: worker.simulate(PREFETCHED[:1])[0]])
-    _until(lambda: worker._running is not None and worker._running.waiters == 1)
+    _until(lambda: worker._running is not None and len(worker._running.waited) == 1)
     release.set()
     _join(threads)
     assert worker.batches == 0 and worker.prefetch_cancelled == 0
@@ -298,7 +298,7 @@ def test_a_prefetch_a_session_waits_for_goes_on_with_every_thread(tiny_model):
     torch.set_num_threads(1)  # as a prefetch runs
     try:
         assert worker._between_tokens(job) is False and torch.get_num_threads() == 1
-        job.waiters = 1
+        job.waited.append(job.requests[0])
         assert worker._between_tokens(job) is False and torch.get_num_threads() == n
     finally:
         torch.set_num_threads(n)
@@ -307,7 +307,8 @@ def test_a_prefetch_a_session_waits_for_goes_on_with_every_thread(tiny_model):
 def _prefetch_job(requests, owner=None):
     from dashboard.serving import PREFETCH, _Job
 
-    return _Job(PREFETCH, 0, requests=list(requests), owner=owner, derive=[None] * len(requests))
+    return _Job(PREFETCH, 0, requests=list(requests), owner=owner, derive=[None] * len(requests),
+                origin=[(owner, None)] * len(requests))
 
 
 def test_each_prefetch_batch_takes_the_nearest_run_of_every_session(tiny_model):
@@ -386,3 +387,112 @@ def test_the_generate_page_s_neighbour_scales():
     assert neighbour_scales(10.0, 0.05) == [9.95]
     assert neighbour_scales(0.35000000000000003, 0.05) == [0.4, 0.3]  # on the slider's grid
     assert neighbour_scales(1.0, 0.05, reach=0) == []
+
+
+BIG = [SampleRequest("How can I sleep better?", paths=40, tokens=5, diffusion_scale=s, seed=5, record_states=True)
+       for s in (0.5, 2.0)]
+
+
+def test_a_prefetch_of_many_rows_on_one_thread_is_what_each_run_gives_alone(tiny_model):
+    """From 32 rows a run uses every thread; a prefetch runs on one: the same values to the bit,
+    the recorded memory and sigma^2 included."""
+    worker = ModelWorker(tiny_model, prefetch_rows=80)
+    release = _hold(worker)
+    worker.prefetch(BIG[:1], owner="a")
+    worker.prefetch(BIG[1:], owner="b")
+    release.set()
+    _until(lambda: worker.prefetched == 2)
+    assert worker.prefetch_batches == 1  # 80 rows in one batch
+    for r, got in zip(BIG, worker.simulate(BIG)):
+        want = _lone(tiny_model, r)
+        assert _same(got, want) and torch.equal(got.memory, want.memory) and torch.equal(got.sigma2, want.sigma2)
+
+
+def test_a_prefetch_that_gives_way_hands_its_waited_run_to_the_waiting_work(tiny_model):
+    """A session waits for a prefetch's run; other work arrives: the prefetch gives way between
+    tokens, the waited run joins that work as an interactive job, the others go back in the queue."""
+    worker = ModelWorker(tiny_model, prefetch_rows=8)
+    gate, go_on = threading.Event(), threading.Event()
+    real_check = worker._between_tokens
+
+    def check(job):
+        if job.waited and not go_on.is_set():  # hold the prefetch at a token until the test has set up
+            gate.set()
+            go_on.wait(30)
+        return real_check(job)
+
+    worker._between_tokens = check
+    worker.prefetch(PREFETCHED, owner="a")  # two runs of 4 paths: one batch each (8 rows at most)
+    _until(lambda: worker._running is not None)
+    running = worker._running
+    threads, out = _in_threads([lambda: worker.simulate([running.requests[0]])[0]])
+    assert gate.wait(60)
+    other = SampleRequest("Why is the sky blue?", paths=2, tokens=3, seed=1)
+    threads2, out2 = _in_threads([lambda: worker.simulate([other])[0]])
+    _until(lambda: any(j.priority == INTERACTIVE for j in worker._pending))
+    go_on.set()
+    _join(threads + threads2)
+    assert worker.prefetch_cancelled == 1 and running.replacement is not None
+    assert _same(out[0], _lone(tiny_model, running.requests[0]))
+    assert out2[0].token_ids.shape == (2, 3)
+    _until(lambda: worker.prefetched == 1)  # the other prefetched run went back in the queue and ran
+    assert list(worker._kept) == [r for r in PREFETCHED if r != running.requests[0]]
+
+
+def test_a_prefetch_that_gives_way_goes_back_in_its_session_s_queue(tiny_model):
+    worker = ModelWorker(tiny_model)
+    long = [SampleRequest("How can I sleep better?", paths=4, tokens=60, diffusion_scale=s, seed=2) for s in (1.0, 2.0)]
+    started = threading.Event()
+    real_check = worker._between_tokens
+
+    def check(job):
+        started.set()
+        return real_check(job)
+
+    worker._between_tokens = check
+    worker.prefetch(long, owner="a")
+    assert started.wait(60)
+    release = _hold(worker)  # other work arrives: the prefetch gives way
+    _until(lambda: worker.prefetch_cancelled == 1)
+    assert [j.requests for j in worker._pending if j.priority == 2] == [long]  # both, in their order
+    worker.prefetch(long[1:], owner="a")  # the session moved on: its new prefetch replaces the old
+    release.set()
+    _until(lambda: worker.prefetched == 1)
+    assert list(worker._kept) == long[1:]
+
+
+def test_two_sessions_prefetching_the_same_run_queue_it_once(tiny_model):
+    worker = ModelWorker(tiny_model)
+    release = _hold(worker)
+    gate = threading.Barrier(8)
+
+    def ask(i):
+        gate.wait()
+        return worker.prefetch(PREFETCHED, owner=i)
+
+    threads, out = _in_threads([lambda i=i: ask(i) for i in range(8)])
+    _join(threads)
+    assert sum(out) == 2
+    release.set()
+    _until(lambda: worker.prefetched == 2)
+    kept = sum(sum(_nbytes(v) for v in e.values()) for e in worker._kept.values())
+    assert worker._kept_bytes == kept
+    worker.simulate(PREFETCHED)
+    assert worker._kept_bytes == 0 and not worker._kept
+
+
+def test_a_failing_derive_keeps_the_run_without_it(tiny_model):
+    worker = ModelWorker(tiny_model)
+    worker.prefetch(PREFETCHED[:1], derive=lambda c, r, p: 1 / 0)
+    _until(lambda: worker.prefetched == 1)
+    assert worker.take_derived(PREFETCHED[0]) is None
+    assert _same(worker.simulate(PREFETCHED[:1])[0], _lone(tiny_model, PREFETCHED[0]))
+    assert worker.prefetch_hits == 1
+
+
+def test_runs_answered_lately_are_not_prefetched(tiny_model):
+    """A page's own cache holds what it was answered: the worker does not prefetch it again."""
+    worker = ModelWorker(tiny_model)
+    worker.simulate(PREFETCHED[:1])
+    assert worker.prefetch(PREFETCHED) == 1 and worker.wait_idle()
+    assert list(worker._kept) == PREFETCHED[1:]

@@ -27,6 +27,7 @@ prompt = st.text_area("Prompt", value=session.DEFAULT_PROMPT, key="prompt", heig
 SCALE_STEP = 0.05
 scale = st.slider("Diffusion magnitude s (0 = drift only)", lo_s, hi_s, 1.0, step=SCALE_STEP, key="scale", **bind,
                   help="Multiplies sigma: dx = mu dt + s sigma dW. Same seed, same Brownian path at every s.")
+scale = round(float(scale), 10)  # on the slider's grid, as typed on the command line (a sum of steps can be off)
 c = st.columns([1, 1, 1.3, 1, 1.2, 1])
 paths = c[0].number_input(f"Paths ({lo_p}-{hi_p})", lo_p, hi_p, 8, key="paths", **bind)
 tokens = c[1].number_input(f"Tokens ({lo_t}-{hi_t})", lo_t, hi_t, 24, key="tokens", **bind)
@@ -204,12 +205,12 @@ path_views()
 
 # The slider's next steps are simulated while this page is read, when the model's worker has
 # nothing else to do (docs/design.md §7): moving the slider by a step then finds its run ready.
-# Values this session has already seen are cached and left out.
+# Values this session has already shown are left out (most likely still in the page's cache).
 settings = (folder, stamp, prompt, int(paths), int(tokens), solver, int(substeps), int(seed), bool(snap))
 seen = st.session_state.get("_generate_seen")
 if seen is None or seen[0] != settings:
     seen = st.session_state["_generate_seen"] = (settings, set())
-seen[1].add(round(float(scale), 10))
+seen[1].add(scale)
 try:
     reach = compute.prefetch_reach()
 except ValueError as exc:
