@@ -302,6 +302,7 @@ class ModelWorker:
         return _Job(PREFETCH, first.seq, requests=requests, derive=derive, origin=origin)
 
     def _other_work(self) -> bool:
+        """Whether a prefetch must give way: other work waits, or the process is ending."""
         with self._cond:
             return self._closing or any(j.priority < PREFETCH for j in self._pending)
 
@@ -311,8 +312,8 @@ class ModelWorker:
         session has not moved on since), and the runs sessions wait for join the waiting work
         as one interactive job, which the waiting sessions then read. Once a session waits for
         its result, a prefetch goes on with every thread."""
-        with self._cond:
-            if self._closing or any(j.priority < PREFETCH for j in self._pending):
+        with self._cond:  # reentrant: the check and what follows from it under one hold
+            if self._other_work():
                 self._running = None  # from now on no session can start waiting for it
                 if not self._closing:
                     self._requeue(job)

@@ -216,5 +216,5 @@ try:
 except ValueError as exc:
     st.warning(f"The next slider steps are not prepared ahead: {exc}.")
 else:
-    compute.prefetch(*args, compute.neighbour_scales(float(scale), SCALE_STEP, reach, seen[1]), *rest,
+    compute.prefetch(*args, compute.neighbour_scales(scale, SCALE_STEP, reach, seen[1]), *rest,
                      owner=session.owner(st.session_state))
