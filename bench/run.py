@@ -147,6 +147,8 @@ def main(argv=None) -> None:
     batches = [1, 16, 128, 1024] + ([] if q else [4096])
     result.update(sampling.bench_sampling(ckpt, batches, steps=8 if q else 16, repeat=2 if q else 3, device=dev))
     result["big_request"] = sampling.bench_big_request(device=str(dev))
+    if dev.type == "cuda":
+        result["big_request"].update(sampling.gpu_peak_mb(ckpt))
     if not q:
         result["cost"] = sampling.bench_cost(ckpt, dev)
     result["brownian"] = bench_brownian(paths=16, dim=ckpt.model.config.state_dim, steps=32 if q else 128)

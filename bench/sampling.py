@@ -196,3 +196,17 @@ def bench_big_request(paths: int = 4096, tokens: int = 16, device: str = "cpu") 
            str(tokens), "--format", "json", "--device", device, "--no-progress"]
     seconds, peak = peak_rss_of(cmd, ROOT)
     return {"paths": paths, "tokens": tokens, "seconds": round(seconds, 2), "peak_rss_mb": round(peak, 1)}
+
+
+def gpu_peak_mb(ckpt, paths: int = 4096, tokens: int = 16) -> dict:
+    """The same request in this process on the checkpoint's GPU: seconds and the GPU memory it
+    allocated at its peak beyond what the model holds (``torch.cuda.max_memory_allocated``)."""
+    dev = ckpt.model.emb_mean.device
+    torch.cuda.synchronize(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    base = torch.cuda.memory_allocated(dev)
+    t0 = time.perf_counter()
+    _simulate(ckpt, paths, tokens, "em")
+    torch.cuda.synchronize(dev)
+    return {"gpu_seconds": round(time.perf_counter() - t0, 3),
+            "gpu_peak_mb": round((torch.cuda.max_memory_allocated(dev) - base) / 2**20, 1)}
