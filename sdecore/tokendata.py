@@ -12,7 +12,7 @@ hold, with nothing proportional to the corpus size times the state size ever in 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -37,6 +37,18 @@ class TokenSequences:
     ids: torch.Tensor
     offsets: torch.Tensor
     firsts: torch.Tensor
+    _copies: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``ids`` and ``offsets`` on ``device``: the tensors themselves on the CPU, a copy made
+        once per device elsewhere (four bytes a token, tens of MB for full HelpSteer), so batches
+        are gathered where they are used."""
+        if device.type == "cpu":
+            return self.ids, self.offsets
+        key = str(device)
+        if key not in self._copies:
+            self._copies[key] = (self.ids.to(device), self.offsets.to(device))
+        return self._copies[key]
 
     @classmethod
     def from_lists(cls, seqs: list[list[int]], firsts: list[int] | None = None) -> TokenSequences:
@@ -134,39 +146,38 @@ class WindowBatch:
 
 def window_batch(model: TextSDE, data: TokenSequences, windows: torch.Tensor) -> WindowBatch:
     """The transitions of ``windows`` (rows ``(sequence, k0, k1)``), built on the model's device:
-    ids gathered on the host (pinned when the device is a GPU), then the embedding lookup and
-    the memory on the device."""
+    the index arithmetic and the gathers of ids, the embedding lookup and the memory all run
+    there, on the ids' copy on that device (:meth:`TokenSequences.on`); on a GPU, gathering on
+    the host bound training at large batches."""
     device = model.emb_mean.device
+    ids, offsets = data.on(device)
+    windows = windows.to(device, non_blocking=True)
     seq, k0, k1 = windows[:, 0], windows[:, 1], windows[:, 2]
-    start = data.offsets[seq]
+    start = offsets[seq]
     width = int((k1 - k0).max())
     # the prefixes: for time scale k, positions k0 - reach_k .. k0 - 1 of each window's sequence
     # (earlier ones weigh below float32 resolution), flattened scale-major with no padding
-    reach = torch.tensor(model.memory_reach(), dtype=torch.int64)  # (K,)
+    reach = torch.tensor(model.memory_reach(), dtype=torch.int64, device=device)  # (K,)
     sizes = torch.minimum(k0[None, :], reach[:, None]).reshape(-1)  # (K * w,)
     n_prefix = int(sizes.sum())
     bag_offsets = torch.cumsum(sizes, 0) - sizes
     # entry j of bag b is the position (start + k0 - 1) - (j - bag_offsets[b]) of the bag's window:
     # two repeat_interleaves of per-bag numbers, no gathers of per-entry ones
     last = (start + k0 - 1).repeat(len(reach))  # the position just before each bag's window
-    j = torch.arange(n_prefix)
+    j = torch.arange(n_prefix, device=device)
     prefix_lag = j - torch.repeat_interleave(bag_offsets, sizes, output_size=n_prefix)  # 0 just before k0
-    prefix_ids = data.ids[torch.repeat_interleave(last + bag_offsets, sizes, output_size=n_prefix) - j].long()
+    prefix_ids = ids[torch.repeat_interleave(last + bag_offsets, sizes, output_size=n_prefix) - j].long()
     # the windows' own positions k0 .. k0 + width, cut at each sequence's last token
-    i = torch.arange(width + 1)
+    i = torch.arange(width + 1, device=device)
     at = torch.minimum(k0[:, None] + i[None, :], k1[:, None])  # (w, width + 1); k1 is a real position
-    window_ids = data.ids[start[:, None] + at].long()
-    if device.type == "cuda":
-        prefix_ids, prefix_lag, window_ids = (a.pin_memory() for a in (prefix_ids, prefix_lag, window_ids))
-    move = {"device": device, "non_blocking": True}
-    window_ids = window_ids.to(**move)
-    xs, h = model.window_states(prefix_ids.to(**move), prefix_lag.to(**move), bag_offsets.to(**move), window_ids)
-    keep = (i[None, :width] < (k1 - k0)[:, None]).to(device)  # (w, width): the counted positions
+    window_ids = ids[start[:, None] + at].long()
+    xs, h = model.window_states(prefix_ids, prefix_lag, bag_offsets, window_ids)
+    keep = i[None, :width] < (k1 - k0)[:, None]  # (w, width): the counted positions
     x, x_next = xs[:, :-1][keep], xs[:, 1:][keep]
     v, v_next = window_ids[:, :-1][keep], window_ids[:, 1:][keep]
-    t = ((k0[:, None] + i[None, :width]).to(device)[keep] * model.config.dt).to(x.dtype)
+    t = ((k0[:, None] + i[None, :width])[keep] * model.config.dt).to(x.dtype)
     return WindowBatch(x=x, h=h[keep], t=t, x_next=x_next, v_next=v_next, v=v,
-                       seq=seq.to(device)[:, None].expand(-1, width)[keep])
+                       seq=seq[:, None].expand(-1, width)[keep])
 
 
 def in_order(model: TextSDE, data: TokenSequences, *, width: int = 32, per_batch: int = 1024

@@ -44,7 +44,7 @@ def _sim(ck, **kw):
 @needs_shipped_model
 def test_a_seed_gives_the_same_paths_on_the_gpu(shipped_gpu):
     a, b = _sim(shipped_gpu), _sim(shipped_gpu)
-    assert a.token_ids.device.type == "cuda"
+    assert shipped_gpu.model.emb_mean.device.type == "cuda"  # the run is on the GPU; Paths come back on the CPU
     assert torch.equal(a.token_ids, b.token_ids) and (a.token_ids >= 0).all()
     assert not torch.equal(a.token_ids[0], a.token_ids[1])  # the noise reaches the paths
 
@@ -112,6 +112,27 @@ def test_resume_on_the_gpu_continues_exactly_and_the_checkpoint_loads_on_the_cpu
     assert next(ck.model.parameters()).device.type == "cpu"
     r = simulate_paths(ck.model, ck.embedder, PROMPT, paths=2, tokens=4, seed=0)
     assert (r.token_ids >= 0).all()
+
+
+def test_batches_gathered_on_the_gpu_equal_the_cpus(embedder):
+    """The ids of a batch gathered on the GPU (:meth:`TokenSequences.on`) are the CPU's to the
+    bit, and its states the CPU's to float32 rounding."""
+    from sdecore.data import load_corpus
+    from sdecore.model import TextSDE
+    from sdecore.tokendata import batches, encode_corpus, window_batch
+
+    data = encode_corpus(embedder, load_corpus(TINY_CORPUS), training=True)
+    torch.manual_seed(0)
+    model = TextSDE(SMALL, embedder).eval()
+    windows = next(batches(data.windows(8), 64, generator=torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        cpu = window_batch(model, data, windows)
+        gpu = window_batch(model.to("cuda"), data, windows)
+    assert data.on(torch.device("cuda"))[0].device.type == "cuda" and gpu.x.device.type == "cuda"
+    for k in ("v", "v_next", "seq", "t"):
+        assert torch.equal(getattr(gpu, k).cpu(), getattr(cpu, k)), k
+    for k in ("x", "x_next", "h"):
+        torch.testing.assert_close(getattr(gpu, k).cpu(), getattr(cpu, k), rtol=1e-5, atol=1e-5)
 
 
 def test_bf16_training_on_the_gpu_matches_float32(tmp_path):
