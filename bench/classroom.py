@@ -316,7 +316,7 @@ def server_only(n: int, presses: int = 1) -> dict:
             texts[i].append(text(at))
     errors = sum(len(at.exception) for at in sessions)
     st.cache_data.clear()
-    mismatched = []
+    mismatched, differences = [], []
     for s, got in zip(seeds, texts):
         at = session(s)
         at.run()
@@ -326,10 +326,12 @@ def server_only(n: int, presses: int = 1) -> dict:
             want.append(text(at))
         if want != got:
             mismatched.append(s)
+            differences.append({"seed": s, "crowd": got, "alone": want})
     return {"sessions": n, "presses": presses, "mode": "server only (AppTest)",
             "first_run_s": [round(v, 2) for v in first], "p95_first_run_s": round(p95(first), 2),
             "slider_rerun_s": [round(v, 2) for v in slider], "p95_slider_rerun_s": round(p95(slider), 2),
-            "identical": not mismatched, "mismatched_seeds": mismatched, "exceptions": errors}
+            "identical": not mismatched, "mismatched_seeds": mismatched, "differences": differences,
+            "exceptions": errors}
 
 
 def main(argv=None) -> None:

@@ -139,6 +139,10 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     result = {"device": str(dev), "torch": torch.__version__, "threads": torch.get_num_threads(),
               "machine": platform.machine(), "quick": a.quick}
+    if dev.type == "cpu":  # the one-thread rule's choice on this machine (sdecore.onednn.serial_pays)
+        from sdecore import onednn
+
+        result["few_rows_one_thread"] = onednn.serial_pays()
     result["load"] = bench_load(a.model)
     ckpt = load_checkpoint(a.model, device=dev)
     q = a.quick

@@ -15,6 +15,9 @@ autograd function (``sdecore.emission``).
 from __future__ import annotations
 
 import os
+import statistics
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -60,10 +63,65 @@ def linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, act
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, activation, [], "")
 
 
+_serial_pays: dict[int, bool] = {}  # thread count -> whether one thread won the probe
+_probe_lock = threading.Lock()
+
+
+def serial_pays() -> bool:
+    """Whether one OpenMP thread beats all of torch's threads at a few rows on this machine:
+    measured once per process and thread count by :func:`probe_few_rows`, unless
+    ``SDECORE_FEW_ROWS_SERIAL`` is ``1`` (always one thread) or ``0`` (never)."""
+    forced = os.environ.get("SDECORE_FEW_ROWS_SERIAL")
+    if forced in ("0", "1"):
+        return forced == "1"
+    n = torch.get_num_threads()
+    if n not in _serial_pays:
+        with _probe_lock:
+            if n not in _serial_pays:
+                one, every = probe_few_rows()
+                _serial_pays[n] = one < every
+    return _serial_pays[n]
+
+
+def probe_few_rows(rounds: int = 9) -> tuple[float, float]:
+    """Seconds (medians of ``rounds``, the two settings alternating) of a step's worth of few-row
+    work on one thread and on torch's current thread count: two packed layers of the drift net's
+    shape (2,689 -> 512 -> 512, SiLU) and a decode's normalisation pass, at 8 rows. About 30 ms on
+    a 2-core CPU. Which setting wins depends on the CPU (design §6.3): how long a passively waiting
+    thread takes to wake against how long the work takes on one."""
+    g = torch.Generator().manual_seed(0)
+    x, logits = torch.randn(8, 2689, generator=g), torch.randn(8, 30522, generator=g)
+    w1, w2 = torch.randn(512, 2689, generator=g) * 0.02, torch.randn(512, 512, generator=g) * 0.04
+    p1, p2 = pack(w1, None, "swish"), pack(w2, None, "swish")
+
+    def work() -> None:
+        if p1 is not None and p2 is not None:
+            linear(linear(x, p1, None, "swish"), p2, None, "swish")
+        else:
+            F.silu(F.linear(F.silu(F.linear(x, w1)), w2))
+        logits.clone().exp_().sum(-1)
+
+    n = torch.get_num_threads()
+    times: dict[int, list[float]] = {1: [], n: []}
+    try:
+        with torch.no_grad():
+            work()
+            for _ in range(rounds):
+                for k in (1, n):
+                    torch.set_num_threads(k)
+                    t0 = time.perf_counter()
+                    work()
+                    times[k].append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(n)
+    return statistics.median(times[1]), statistics.median(times[n])
+
+
 @contextmanager
 def serial_if_few(rows: int, device: torch.device) -> Iterator[None]:
     """One OpenMP thread for the work inside, when it is a few rows (under :data:`FEW_ROWS`) on a
-    CPU whose OpenMP threads wait passively (``OMP_WAIT_POLICY=PASSIVE``, docs/design.md §6.3).
+    CPU whose OpenMP threads wait passively (``OMP_WAIT_POLICY=PASSIVE``, docs/design.md §6.3) and
+    where one thread wins :func:`probe_few_rows` (:func:`serial_pays`).
 
     A passive thread is woken for each parallel operation, tens to a hundred microseconds on a
     2-core CPU, while the nets' products and the decode's passes over its logits take about as
@@ -75,10 +133,11 @@ def serial_if_few(rows: int, device: torch.device) -> Iterator[None]:
     torch work comes while another is inside this block starts on one thread, which is why the
     dashboard's worker sets its own count when it starts (``dashboard.serving``). The sampler's
     ``em`` and torchsde's ``euler`` give the same values to the bit either way (tested);
-    ``milstein``'s derivative term can differ by float rounding."""
+    ``milstein``'s derivative term can differ by float rounding. On a 2-core AMD EPYC (Zen 2) the
+    probe finds two threads faster at every few-row count, and the rule stays off there."""
     n = torch.get_num_threads()
     if (rows >= FEW_ROWS or n == 1 or device.type != "cpu"
-            or os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE"):
+            or os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE" or not serial_pays()):
         yield
         return
     torch.set_num_threads(1)

@@ -46,6 +46,7 @@ def test_bench_quick_prints_every_row(tmp_path):
     assert json.loads(out.read_text()) == result
     batches = {"1", "16", "128", "1024"}
     assert result["quick"] is True and set(result["gemm_gflops"]) == batches == set(result["gemm_gflops_onednn"])
+    assert isinstance(result["few_rows_one_thread"], bool)
     assert all(v > 0 for v in result["gemm_gflops"].values())
     methods = ("em", "torchsde-euler", "torchsde-milstein")
     assert {(r["method"], str(r["batch"])) for r in result["sampling"]} == {(m, b) for m in methods for b in batches}

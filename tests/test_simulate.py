@@ -276,6 +276,7 @@ def test_a_few_rows_run_on_one_thread_only_under_passive_waiting(monkeypatch):
         pytest.skip("one intra-op thread here: there is nothing to reduce")
     n, cpu = torch.get_num_threads(), torch.device("cpu")
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    monkeypatch.setenv("SDECORE_FEW_ROWS_SERIAL", "1")  # as where one thread wins the probe
     with serial_if_few(FEW_ROWS - 1, cpu):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == n
@@ -289,6 +290,30 @@ def test_a_few_rows_run_on_one_thread_only_under_passive_waiting(monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     with serial_if_few(2, cpu):
         assert torch.get_num_threads() == n
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    monkeypatch.setenv("SDECORE_FEW_ROWS_SERIAL", "0")  # as where every thread wins it
+    with serial_if_few(2, cpu):
+        assert torch.get_num_threads() == n
+
+
+def test_the_one_thread_rule_follows_the_machine_s_probe(monkeypatch):
+    """Without SDECORE_FEW_ROWS_SERIAL the rule holds where one thread won the probe of few-row
+    work, measured once per thread count; the probe leaves the thread count as it found it."""
+    from sdecore import onednn
+
+    n = torch.get_num_threads()
+    one, every = onednn.probe_few_rows(rounds=2)
+    assert one > 0 and every > 0 and torch.get_num_threads() == n
+    monkeypatch.delenv("SDECORE_FEW_ROWS_SERIAL", raising=False)
+    monkeypatch.setattr(onednn, "_serial_pays", {})
+    calls = []
+    for answer, serial in (((1.0, 2.0), True), ((2.0, 1.0), False)):
+        monkeypatch.setattr(onednn, "_serial_pays", {})
+        monkeypatch.setattr(onednn, "probe_few_rows", lambda a=answer: calls.append(a) or a)
+        assert onednn.serial_pays() is serial and onednn.serial_pays() is serial
+    assert len(calls) == 2  # once per process and thread count
+    monkeypatch.setenv("SDECORE_FEW_ROWS_SERIAL", "1")
+    assert onednn.serial_pays() is True
 
 
 @pytest.mark.parametrize("solver, temperature", [("em", 0.0), ("euler", 0.0), ("em", 0.7)])
@@ -301,6 +326,7 @@ def test_one_thread_at_a_few_rows_gives_the_same_paths(tiny_model, monkeypatch, 
     net = model._net
     monkeypatch.setattr(model, "_net", lambda name, z: seen.append(torch.get_num_threads()) or net(name, z))
     runs = {}
+    monkeypatch.setenv("SDECORE_FEW_ROWS_SERIAL", "1")  # the rule on, whatever this machine's probe says
     for policy in ("PASSIVE", "ACTIVE"):
         monkeypatch.setenv("OMP_WAIT_POLICY", policy)
         seen.clear()
