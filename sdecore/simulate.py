@@ -108,15 +108,39 @@ class StateNoise(torchsde.BaseBrownian):
         return self.inner.levy_area_approximation
 
 
+BROWNIAN_CACHE_BYTES = 64 * 2**20  # the most a run's Brownian path keeps of recent increments
+
+
 def brownian_path(t0: float, t1: float, paths: int, noise_dim: int, step: float, seed: int,
                   device: torch.device, dtype=torch.float32, state_dim: int | None = None):
     """The run's one Brownian path, of ``noise_dim`` coordinates (padded with zeros to
     ``state_dim`` when given, :class:`StateNoise`). ``dt`` is set (torchsde is tens of times
     slower without it) and the space-time Levy area is always drawn, so the increments W are
-    the same for ``srk`` (which needs the area) and for every other solver."""
+    the same for ``srk`` (which needs the area) and for every other solver. Its cache of recent
+    increments is bounded (:func:`_bound_cache`)."""
     bm = torchsde.BrownianInterval(t0=t0, t1=t1, size=(paths, noise_dim), dtype=dtype, device=device,
                                    entropy=seed, dt=step, levy_area_approximation="space-time")
+    _bound_cache(bm, 2 * paths * noise_dim * torch.finfo(dtype).bits // 8)
     return bm if state_dim is None or state_dim == noise_dim else StateNoise(bm, state_dim)
+
+
+def _bound_cache(bm: torchsde.BrownianInterval, entry_bytes: int, least: int = 4) -> None:
+    """Hold ``bm``'s cache of recent intervals to :data:`BROWNIAN_CACHE_BYTES` (``least`` entries at
+    the fewest). torchsde keeps the increment and Levy area of the 45 intervals used last, each
+    (paths x noise) twice: 566 MB at 4,096 paths, which a long run fills. The values never depend
+    on the cache: an interval dropped from it is drawn again from its own seed (torchsde's
+    design); only the tree's shape depends on the cache size given at construction, and it is
+    built by then. A few hundred paths or fewer keep the whole cache (a smaller one costs a few
+    percent there, as intervals are drawn again); where torchsde's private cache is not found,
+    the path is left as it is."""
+    try:
+        from torchsde._brownian.brownian_interval import _LRUDict
+    except ImportError:  # pragma: no cover - another torchsde layout
+        return
+    cache = getattr(bm, "_increment_and_space_time_levy_area_cache", None)
+    entries = max(least, BROWNIAN_CACHE_BYTES // max(1, entry_bytes))
+    if isinstance(cache, _LRUDict) and not cache and entries < getattr(cache, "_max_size", 0):
+        bm._increment_and_space_time_levy_area_cache = _LRUDict(max_size=entries)
 
 
 def solver_grid(t0: torch.Tensor, t1: torch.Tensor, step: float) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -366,3 +366,17 @@ def test_a_run_can_be_cancelled_between_tokens(tiny_model):
     done = simulate_requests(tiny_model.model, tiny_model.embedder,
                              [SampleRequest("How can I sleep better?", paths=3, tokens=8)], cancel=lambda: False)
     assert done[0].token_ids.shape == (3, 8)
+
+
+@pytest.mark.parametrize("solver, substeps", [("em", 2), ("euler", 1), ("srk", 1)])
+def test_a_bounded_brownian_cache_gives_the_same_paths(tiny_model, monkeypatch, solver, substeps):
+    """The Brownian path's cache of recent increments held to a few entries (as a big run's is, to
+    bound its memory) changes nothing: dropped intervals are drawn again from their own seeds."""
+    import sdecore.simulate as S
+
+    full = _sim(tiny_model, paths=3, tokens=12, solver=solver, substeps=substeps, record_states=True)
+    monkeypatch.setattr(S, "BROWNIAN_CACHE_BYTES", 1)
+    bm = S.brownian_path(0.0, 1.0, 3, 16, 0.05, 0, torch.device("cpu"))
+    assert bm._increment_and_space_time_levy_area_cache._max_size == 4  # the bound took hold
+    bounded = _sim(tiny_model, paths=3, tokens=12, solver=solver, substeps=substeps, record_states=True)
+    _same_paths(full, bounded, exact_probs=True)
