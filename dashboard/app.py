@@ -19,6 +19,14 @@ from sdecore.process_setup import configure_threads  # noqa: E402
 configure_threads()
 
 import streamlit as st  # noqa: E402
+
+st.set_page_config(page_title="Text SDE laboratory", page_icon=":material/timeline:", layout="wide")
+
+# Before the heavy imports below (torch, the model): the browser loads Plotly's code meanwhile.
+from dashboard.preload import preload_plotly  # noqa: E402
+
+preload_plotly()
+
 from threadpoolctl import threadpool_limits  # noqa: E402  (the dashboard extra brings it)
 
 from dashboard import compute, figures, session  # noqa: E402
@@ -29,8 +37,6 @@ from dashboard import compute, figures, session  # noqa: E402
 # come too late. The limit applies to the BLAS libraries loaded so far (numpy's and
 # scipy's, through the imports above); it is cheap (2 ms), so every run of this script sets it.
 threadpool_limits(limits=1, user_api="blas")
-
-st.set_page_config(page_title="Text SDE laboratory", page_icon=":material/timeline:", layout="wide")
 
 # Page scripts live in views/, not pages/: Streamlit treats a pages/ folder next to the main
 # script as an old-style multipage app, and a URL that names a page (a shared link such as

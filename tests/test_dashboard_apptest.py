@@ -417,3 +417,20 @@ def test_toy_ou_envelope_is_exact():
     assert env.alpha == pytest.approx(3.0, rel=1e-3) and env.beta == pytest.approx(0.98, rel=1e-3)
     exact = toy.ou_mean_V(t, (2.0, 1.5), 1.5, 0.7)
     assert np.allclose(stability.lyapunov_bound(float(V[0, 0]), env.alpha, env.beta, t), exact, rtol=1e-3)
+
+
+def test_every_run_asks_the_browser_for_plotly_s_code_first(model_env):
+    """The sidebar's first element imports Streamlit's Plotly chunk (dashboard/preload.py), under
+    its real file name, while the server computes the page."""
+    from dashboard import preload
+
+    chunk = preload.plotly_chunk()
+    if chunk is None:
+        pytest.skip("this Streamlit build has no single PlotlyChart chunk")
+    assert (Path(preload.st.__file__).parent / "static" / "static" / "js" / chunk).is_file()
+    at = start()
+    bodies = [h.proto.body for h in at.get("html")]
+    assert bodies == [preload.script(chunk)], bodies
+    assert "display:none" in bodies[0] and f'"{chunk}"' in bodies[0] and "<script>" in bodies[0]
+    js = bodies[0].split("<script>")[1].split("</script>")[0]
+    assert js.count("{") == js.count("}") and js.count("(") == js.count(")")  # it runs in Chromium's test

@@ -114,6 +114,18 @@ def test_dashboard_in_chromium(browser_page, tmp_path, tiny_ckpt):
     page.wait_for_selector(".js-plotly-plot", timeout=120_000)
     print(f"first chart {time.time() - t0:.1f} s after the page opened")
     _settle(page, 3)
+    # The sidebar's hidden element imported Plotly's chart code before the first chart came
+    # (dashboard/preload.py), and takes no room on the page.
+    from dashboard.preload import plotly_chunk
+
+    if plotly_chunk() is not None:
+        assert page.evaluate("() => window.__sdecorePlotly instanceof Promise")
+        # one fetch of the chunk: the chart component's own import found the module loaded
+        fetched = page.evaluate("c => performance.getEntriesByType('resource').filter(e => e.name.endsWith(c)).length",
+                                plotly_chunk())
+        assert fetched == 1, fetched
+        box = page.locator(".st-key-plotly_preload").bounding_box()
+        assert box is None or box["height"] == 0, box
     _assert_no_exception(page, "Generate")
     page.screenshot(path=str(shots / "generate.png"))
 
