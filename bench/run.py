@@ -17,6 +17,7 @@ path's throughput against the precomputed table's.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -139,10 +140,12 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     result = {"device": str(dev), "torch": torch.__version__, "threads": torch.get_num_threads(),
               "machine": platform.machine(), "quick": a.quick}
-    if dev.type == "cpu":  # the one-thread rule's choice on this machine (sdecore.onednn.serial_pays)
+    if dev.type == "cpu":  # whether the one-thread rule holds here (sdecore.onednn.serial_if_few)
         from sdecore import onednn
 
-        result["few_rows_one_thread"] = onednn.serial_pays()
+        result["few_rows_one_thread"] = bool(
+            os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE" and torch.get_num_threads() > 1
+            and onednn.serial_pays())
     result["load"] = bench_load(a.model)
     ckpt = load_checkpoint(a.model, device=dev)
     q = a.quick

@@ -15,7 +15,6 @@ autograd function (``sdecore.emission``).
 from __future__ import annotations
 
 import os
-import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -84,11 +83,14 @@ def serial_pays() -> bool:
 
 
 def probe_few_rows(rounds: int = 9) -> tuple[float, float]:
-    """Seconds (medians of ``rounds``, the two settings alternating) of a step's worth of few-row
-    work on one thread and on torch's current thread count: two packed layers of the drift net's
-    shape (2,689 -> 512 -> 512, SiLU) and a decode's normalisation pass, at 8 rows. About 30 ms on
-    a 2-core CPU. Which setting wins depends on the CPU (design §6.3): how long a passively waiting
-    thread takes to wake against how long the work takes on one."""
+    """Seconds (the fastest of ``rounds``, the two settings alternating) of a step's worth of
+    few-row work on one thread and on torch's current thread count: two packed layers of the drift
+    net's shape (2,689 -> 512 -> 512, SiLU) and a decode's normalisation pass, at 8 rows. About 30
+    ms on a 2-core CPU. Which setting wins depends on the CPU (design §6.3): how long a passively
+    waiting thread takes to wake against how long the work takes on one. The fastest round, not a
+    typical one, is compared: the process keeps the answer, and the probe may run while the
+    machine is busy for a moment (a dashboard's first run beside a browser loading the page), which
+    slows the rounds of both settings but the fastest of each the least."""
     g = torch.Generator().manual_seed(0)
     x, logits = torch.randn(8, 2689, generator=g), torch.randn(8, 30522, generator=g)
     w1, w2 = torch.randn(512, 2689, generator=g) * 0.02, torch.randn(512, 512, generator=g) * 0.04
@@ -114,7 +116,7 @@ def probe_few_rows(rounds: int = 9) -> tuple[float, float]:
                     times[k].append(time.perf_counter() - t0)
     finally:
         torch.set_num_threads(n)
-    return statistics.median(times[1]), statistics.median(times[n])
+    return min(times[1]), min(times[n])
 
 
 @contextmanager
@@ -134,7 +136,9 @@ def serial_if_few(rows: int, device: torch.device) -> Iterator[None]:
     dashboard's worker sets its own count when it starts (``dashboard.serving``). The sampler's
     ``em`` and torchsde's ``euler`` give the same values to the bit either way (tested);
     ``milstein``'s derivative term can differ by float rounding. On a 2-core AMD EPYC (Zen 2) the
-    probe finds two threads faster at every few-row count, and the rule stays off there."""
+    probe finds two threads faster (as do whole runs of 4, 8 and 16 paths), and the rule stays off
+    there. Since ``milstein`` can round differently on one thread, its values can differ between
+    machines whose probes answer differently."""
     n = torch.get_num_threads()
     if (rows >= FEW_ROWS or n == 1 or device.type != "cpu"
             or os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE" or not serial_pays()):

@@ -39,16 +39,18 @@ class TokenSequences:
     firsts: torch.Tensor
     _copies: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """``ids`` and ``offsets`` on ``device``: the tensors themselves on the CPU, a copy made
-        once per device elsewhere (four bytes a token, tens of MB for full HelpSteer), so batches
-        are gathered where they are used."""
+    def on(self, device: torch.device) -> torch.Tensor:
+        """``ids`` on ``device``: the tensor itself on the CPU, elsewhere a copy made once per
+        device (four bytes a token, tens of MB for full HelpSteer) and never refreshed (the ids are
+        not changed once built), so a batch's ids are gathered where they are used."""
+        device = torch.device(device)
         if device.type == "cpu":
-            return self.ids, self.offsets
-        key = str(device)
-        if key not in self._copies:
-            self._copies[key] = (self.ids.to(device), self.offsets.to(device))
-        return self._copies[key]
+            return self.ids
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if device not in self._copies:
+            self._copies[device] = self.ids.to(device)
+        return self._copies[device]
 
     @classmethod
     def from_lists(cls, seqs: list[list[int]], firsts: list[int] | None = None) -> TokenSequences:
@@ -145,25 +147,28 @@ class WindowBatch:
 
 
 def window_batch(model: TextSDE, data: TokenSequences, windows: torch.Tensor) -> WindowBatch:
-    """The transitions of ``windows`` (rows ``(sequence, k0, k1)``), built on the model's device:
-    the index arithmetic and the gathers of ids, the embedding lookup and the memory all run
-    there, on the ids' copy on that device (:meth:`TokenSequences.on`); on a GPU, gathering on
-    the host bound training at large batches."""
+    """The transitions of ``windows`` (rows ``(sequence, k0, k1)``), built on the model's device.
+    The per-window numbers (offsets, sizes, widths) are worked out on the host, where the windows
+    are, so the host never waits for the device; the per-entry index arithmetic, the gathers of
+    ids (from their copy there, :meth:`TokenSequences.on`), the embedding lookup and the memory run
+    on the device. On a GPU, gathering the ids on the host bound training at large batches."""
     device = model.emb_mean.device
-    ids, offsets = data.on(device)
-    windows = windows.to(device, non_blocking=True)
+    ids = data.on(device)
     seq, k0, k1 = windows[:, 0], windows[:, 1], windows[:, 2]
-    start = offsets[seq]
+    start = data.offsets[seq]
     width = int((k1 - k0).max())
     # the prefixes: for time scale k, positions k0 - reach_k .. k0 - 1 of each window's sequence
     # (earlier ones weigh below float32 resolution), flattened scale-major with no padding
-    reach = torch.tensor(model.memory_reach(), dtype=torch.int64, device=device)  # (K,)
+    reach = torch.tensor(model.memory_reach(), dtype=torch.int64)  # (K,)
     sizes = torch.minimum(k0[None, :], reach[:, None]).reshape(-1)  # (K * w,)
     n_prefix = int(sizes.sum())
     bag_offsets = torch.cumsum(sizes, 0) - sizes
+    last = (start + k0 - 1).repeat(len(reach))  # the position just before each bag's window
+    move = {"device": device, "non_blocking": True}
+    seq, k0, k1, start, sizes, bag_offsets, last = (a.to(**move) for a in (seq, k0, k1, start, sizes, bag_offsets,
+                                                                         last))
     # entry j of bag b is the position (start + k0 - 1) - (j - bag_offsets[b]) of the bag's window:
     # two repeat_interleaves of per-bag numbers, no gathers of per-entry ones
-    last = (start + k0 - 1).repeat(len(reach))  # the position just before each bag's window
     j = torch.arange(n_prefix, device=device)
     prefix_lag = j - torch.repeat_interleave(bag_offsets, sizes, output_size=n_prefix)  # 0 just before k0
     prefix_ids = ids[torch.repeat_interleave(last + bag_offsets, sizes, output_size=n_prefix) - j].long()

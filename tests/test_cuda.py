@@ -61,7 +61,8 @@ def test_em_equals_torchsde_euler_on_the_gpu(shipped_gpu, substeps):
 @needs_shipped_model
 def test_the_drift_only_path_gives_the_cpus_tokens(shipped_gpu, shipped_cpu):
     """At s = 0 no noise is drawn: the GPU's path is the CPU's to float32 rounding, and so are its
-    tokens (TF32 is off for float32 products, PyTorch's default)."""
+    tokens (TF32 is off for float32 products, PyTorch's default). A token whose two best logits
+    tie to rounding could flip on some GPU; on the H200 all 48 agree."""
     gpu = _sim(shipped_gpu, diffusion_scale=0.0, paths=2, tokens=24, record_states=True)
     cpu = _sim(shipped_cpu, diffusion_scale=0.0, paths=2, tokens=24, record_states=True)
     assert torch.equal(gpu.token_ids.cpu(), cpu.token_ids)
@@ -128,7 +129,8 @@ def test_batches_gathered_on_the_gpu_equal_the_cpus(embedder):
     with torch.no_grad():
         cpu = window_batch(model, data, windows)
         gpu = window_batch(model.to("cuda"), data, windows)
-    assert data.on(torch.device("cuda"))[0].device.type == "cuda" and gpu.x.device.type == "cuda"
+    assert gpu.x.device.type == "cuda" and list(data._copies) == [model.emb_mean.device]  # one copy, on the GPU
+    assert data.on(torch.device("cuda")) is data._copies[model.emb_mean.device]  # "cuda" names the same one
     for k in ("v", "v_next", "seq", "t"):
         assert torch.equal(getattr(gpu, k).cpu(), getattr(cpu, k)), k
     for k in ("x", "x_next", "h"):

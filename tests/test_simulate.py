@@ -371,12 +371,22 @@ def test_a_run_can_be_cancelled_between_tokens(tiny_model):
 @pytest.mark.parametrize("solver, substeps", [("em", 2), ("euler", 1), ("srk", 1)])
 def test_a_bounded_brownian_cache_gives_the_same_paths(tiny_model, monkeypatch, solver, substeps):
     """The Brownian path's cache of recent increments held to a few entries (as a big run's is, to
-    bound its memory) changes nothing: dropped intervals are drawn again from their own seeds."""
+    bound its memory) changes nothing: dropped intervals are drawn again from their own seeds. The
+    run is long enough (80 tokens: more steps than one piece of torchsde's dependency tree) for
+    intervals to be dropped and drawn again, which the count of normal draws shows."""
+    import torchsde._brownian.brownian_interval as bi
+
     import sdecore.simulate as S
 
-    full = _sim(tiny_model, paths=3, tokens=12, solver=solver, substeps=substeps, record_states=True)
+    draws = []
+    randn = bi._randn
+    monkeypatch.setattr(bi, "_randn", lambda *a: draws.append(1) or randn(*a))
+    full = _sim(tiny_model, paths=2, tokens=80, solver=solver, substeps=substeps, record_states=True)
+    n_full = len(draws)
     monkeypatch.setattr(S, "BROWNIAN_CACHE_BYTES", 1)
     bm = S.brownian_path(0.0, 1.0, 3, 16, 0.05, 0, torch.device("cpu"))
     assert bm._increment_and_space_time_levy_area_cache._max_size == 4  # the bound took hold
-    bounded = _sim(tiny_model, paths=3, tokens=12, solver=solver, substeps=substeps, record_states=True)
+    draws.clear()
+    bounded = _sim(tiny_model, paths=2, tokens=80, solver=solver, substeps=substeps, record_states=True)
+    assert len(draws) > n_full  # intervals were dropped and drawn again
     _same_paths(full, bounded, exact_probs=True)
