@@ -53,3 +53,24 @@ def tiny_model(tiny_ckpt, embedder):
     from sdecore import load_checkpoint
 
     return load_checkpoint(tiny_ckpt, embedder=embedder)
+
+
+def stopped_and_resumed(tmp_path: Path, model_config, device: str) -> tuple[dict, dict]:
+    """Histories of a 3-epoch run on the tiny corpus (folder ``a``) and of the same run stopped
+    after epoch 2 and resumed (folder ``b``): what --resume must make equal."""
+    import json
+
+    from sdecore import TrainConfig, train_model
+
+    cfg = TrainConfig(epochs=3, batch_size=64, seed=1)
+    train_model(TINY_CORPUS, tmp_path / "a", model_config, cfg, device=device, progress=False)
+
+    def stop_after_two(record):
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_model(TINY_CORPUS, tmp_path / "b", model_config, cfg, device=device, progress=False,
+                    on_epoch=stop_after_two)
+    hb = train_model(TINY_CORPUS, tmp_path / "b", model_config, cfg, device=device, progress=False, resume=True)
+    return json.loads((tmp_path / "a" / "history.json").read_text()), hb

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, SHIPPED_MODEL, TINY_CORPUS, needs_shipped_model
+from conftest import ROOT, SHIPPED_MODEL, TINY_CORPUS, needs_shipped_model, stopped_and_resumed
 
 from sdecore import ModelConfig, TrainConfig, load_checkpoint, simulate_paths, train_model
 
@@ -93,17 +93,7 @@ def test_a_big_request_holds_bounded_gpu_memory(shipped_gpu):
 
 
 def test_resume_on_the_gpu_continues_exactly_and_the_checkpoint_loads_on_the_cpu(tmp_path):
-    cfg = TrainConfig(epochs=3, batch_size=64, seed=1)
-    train_model(TINY_CORPUS, tmp_path / "a", SMALL, cfg, device="cuda", progress=False)
-
-    def stop_after_two(record):
-        if record["epoch"] == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train_model(TINY_CORPUS, tmp_path / "b", SMALL, cfg, device="cuda", progress=False, on_epoch=stop_after_two)
-    hb = train_model(TINY_CORPUS, tmp_path / "b", SMALL, cfg, device="cuda", progress=False, resume=True)
-    ha = json.loads((tmp_path / "a" / "history.json").read_text())
+    ha, hb = stopped_and_resumed(tmp_path, SMALL, "cuda")
     assert len(hb["epochs"]) == 3
     for ea, eb in zip(ha["epochs"], hb["epochs"]):  # cuBLAS and atomics: equal to float32 rounding
         assert ea["validation"]["total"] == pytest.approx(eb["validation"]["total"], rel=1e-4)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import TINY_CORPUS
+from conftest import TINY_CORPUS, stopped_and_resumed
 
 from sdecore import ModelConfig, TrainConfig, load_checkpoint, train_model
 from sdecore.baselines import unigram_log_prior
@@ -66,17 +66,7 @@ def test_checkpoint_contents(tiny_ckpt, embedder):
 
 def test_resume_continues_exactly(tmp_path):
     """A run stopped after epoch 2 and resumed ends where an uninterrupted run ends."""
-    cfg = TrainConfig(epochs=3, batch_size=64, seed=1)
-    train_model(TINY_CORPUS, tmp_path / "a", SMALL, cfg, device="cpu", progress=False)
-
-    def stop_after_two(record):
-        if record["epoch"] == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train_model(TINY_CORPUS, tmp_path / "b", SMALL, cfg, device="cpu", progress=False, on_epoch=stop_after_two)
-    hb = train_model(TINY_CORPUS, tmp_path / "b", SMALL, cfg, device="cpu", progress=False, resume=True)
-    ha = json.loads((tmp_path / "a" / "history.json").read_text())
+    ha, hb = stopped_and_resumed(tmp_path, SMALL, "cpu")
     assert len(hb["epochs"]) == 3
     for ea, eb in zip(ha["epochs"], hb["epochs"]):
         assert ea["validation"]["total"] == pytest.approx(eb["validation"]["total"], rel=1e-5)
