@@ -30,6 +30,12 @@ def plotly_chunk() -> str | None:
     return found[0].name if len(found) == 1 else None
 
 
+@functools.cache
+def _can_run_script() -> bool:
+    """Whether this Streamlit's ``st.html`` can run script (checked once, not on every rerun)."""
+    return "unsafe_allow_javascript" in inspect.signature(st.html).parameters
+
+
 def script(chunk: str) -> str:
     """The element's HTML: a style that hides its container and a script that imports ``chunk``
     from beside Streamlit's own entry script (so under any base URL path), once per page."""
@@ -43,7 +49,7 @@ def script(chunk: str) -> str:
 def preload_plotly() -> bool:
     """Send the hidden element into the sidebar; False where nothing could be sent."""
     chunk = plotly_chunk()
-    if chunk is None or "unsafe_allow_javascript" not in inspect.signature(st.html).parameters:
+    if chunk is None or not _can_run_script():
         return False
     with st.sidebar.container(key=KEY):
         st.html(script(chunk), unsafe_allow_javascript=True)
